@@ -1,0 +1,178 @@
+//! The error taxonomy every failure is mapped into: what kind it is and whether it is retried.
+
+use std::fmt;
+
+/// What went wrong in one attempt, as the core sees it.
+///
+/// Adapters map their broker errors into these kinds; handlers and task bodies return them.
+/// [`ErrorKind::is_retryable`] decides whether another attempt is made, and a breaker's
+/// [`KindSet`] decides which kinds count toward opening it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum ErrorKind {
+    /// The broker or a downstream dependency could not be reached.
+    Connection,
+    /// An operation did not complete in time.
+    Timeout,
+    /// The broker refused the operation (quota, size, permissions): retrying will not help.
+    Rejected,
+    /// A payload could not be decoded (a poison message).
+    Decode,
+    /// The input is invalid (validation): retrying will not help.
+    Invalid,
+    /// A handler or task body failed in a way that may succeed on another attempt.
+    Handler,
+    /// A handler or task body panicked; treated as a failed, retryable attempt.
+    Panic,
+    /// An unrecoverable error (misconfiguration, closed client).
+    Fatal,
+}
+
+impl ErrorKind {
+    /// Every kind, in a fixed order (for metrics pre-registration and exhaustive tests).
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::Connection,
+        ErrorKind::Timeout,
+        ErrorKind::Rejected,
+        ErrorKind::Decode,
+        ErrorKind::Invalid,
+        ErrorKind::Handler,
+        ErrorKind::Panic,
+        ErrorKind::Fatal,
+    ];
+
+    /// Whether another attempt may succeed: Connection, Timeout, Handler and Panic are retried;
+    /// Rejected, Decode, Invalid and Fatal are permanent.
+    ///
+    /// ```
+    /// use backstop_engine::core::ErrorKind;
+    /// assert!(ErrorKind::Timeout.is_retryable());
+    /// assert!(!ErrorKind::Invalid.is_retryable());
+    /// ```
+    pub const fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Handler | ErrorKind::Panic
+        )
+    }
+
+    /// The bounded label used in metrics and logs (`kind="timeout"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connection => "connection",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Decode => "decode",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Handler => "handler",
+            ErrorKind::Panic => "panic",
+            ErrorKind::Fatal => "fatal",
+        }
+    }
+
+    const fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ErrorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown error kind `{s}`"))
+    }
+}
+
+/// A small set of [`ErrorKind`]s (a bit set; `Copy`, no allocation).
+///
+/// ```
+/// use backstop_engine::core::{ErrorKind, KindSet};
+/// let set = KindSet::EXPECTED;
+/// assert!(set.contains(ErrorKind::Connection) && set.contains(ErrorKind::Timeout));
+/// assert!(!set.contains(ErrorKind::Handler));
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KindSet(u16);
+
+impl KindSet {
+    /// The empty set.
+    pub const EMPTY: KindSet = KindSet(0);
+    /// Connection and Timeout: the kinds a circuit breaker counts by default.
+    pub const EXPECTED: KindSet = KindSet(ErrorKind::Connection.bit() | ErrorKind::Timeout.bit());
+
+    /// A set holding `kinds`.
+    pub fn of(kinds: &[ErrorKind]) -> KindSet {
+        kinds.iter().fold(KindSet::EMPTY, |s, k| s.with(*k))
+    }
+
+    /// This set with `kind` added.
+    pub const fn with(self, kind: ErrorKind) -> KindSet {
+        KindSet(self.0 | kind.bit())
+    }
+
+    /// Whether `kind` is in the set.
+    pub const fn contains(self, kind: ErrorKind) -> bool {
+        self.0 & kind.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl Default for KindSet {
+    fn default() -> Self {
+        KindSet::EXPECTED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_and_are_distinct() {
+        for k in ErrorKind::ALL {
+            assert_eq!(k.as_str().parse::<ErrorKind>().unwrap(), k);
+        }
+        let mut labels: Vec<_> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        labels.dedup();
+        assert_eq!(labels.len(), ErrorKind::ALL.len());
+    }
+
+    #[test]
+    fn retryable_split_is_as_documented() {
+        let retryable: Vec<_> = ErrorKind::ALL
+            .into_iter()
+            .filter(|k| k.is_retryable())
+            .collect();
+        assert_eq!(
+            retryable,
+            vec![
+                ErrorKind::Connection,
+                ErrorKind::Timeout,
+                ErrorKind::Handler,
+                ErrorKind::Panic
+            ]
+        );
+    }
+
+    #[test]
+    fn kind_set_membership() {
+        let s = KindSet::of(&[ErrorKind::Decode, ErrorKind::Fatal]);
+        assert!(s.contains(ErrorKind::Decode));
+        assert!(s.contains(ErrorKind::Fatal));
+        assert!(!s.contains(ErrorKind::Connection));
+        assert!(KindSet::EMPTY.is_empty());
+        assert!(!KindSet::EXPECTED.is_empty());
+    }
+}

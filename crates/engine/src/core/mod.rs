@@ -1,0 +1,41 @@
+//! The sans-IO core: plain state machines that take inputs with `now` and emit actions, events
+//! and timeouts. No async, no I/O, no clock, no randomness.
+//!
+//! | module | its one job |
+//! |---|---|
+//! | [`time`](Time) | the driver-supplied clock value |
+//! | `error` | the error taxonomy ([`ErrorKind`]) and which kinds are retried |
+//! | `config_error` | the typed error for rejected settings |
+//! | `breaker` | the circuit breaker |
+//! | `retry` | attempts and delays |
+//! | `consumer` | one subscription's message lifecycle |
+//! | `producer` | one task's call lifecycle |
+
+mod breaker;
+mod config_error;
+mod consumer;
+mod error;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
+mod producer;
+mod retry;
+mod slab;
+mod time;
+mod timers;
+
+pub use breaker::{
+    BreakerConfig, BreakerConfigBuilder, BreakerState, CircuitBreaker, Permit, Refusal, Transition,
+};
+pub use config_error::{parse_duration, ConfigError};
+pub use consumer::{
+    ConsumerAction, ConsumerConfig, ConsumerConfigBuilder, ConsumerEvent, ConsumerMachine, DlqInfo,
+    DlqReason, NackReason,
+};
+pub use error::{ErrorKind, KindSet};
+pub use producer::{
+    DlqFate, ProducerAction, ProducerConfig, ProducerConfigBuilder, ProducerEvent, ProducerMachine,
+    ProducerOutcome,
+};
+pub use retry::{splitmix64, Backoff, RetryPolicy, RetryPolicyBuilder};
+pub use slab::Key;
+pub use time::Time;
