@@ -7,3 +7,6 @@ pub mod core;
 
 #[cfg(feature = "runtime")]
 pub mod broker;
+
+#[cfg(feature = "runtime")]
+pub mod runtime;

@@ -1,0 +1,210 @@
+//! The shared context every task and consumer runs in: broker, metrics, clock, producer cache
+//! and breaker defaults (with the `CB_*` environment overrides applied).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::broker::{Broker, BrokerError, Producer};
+use crate::core::{BreakerConfig, ConfigError, ErrorKind};
+
+use super::clock::Clock;
+use super::metrics::Metrics;
+
+pub(crate) struct Inner {
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clock: Clock,
+    pub(crate) breaker_defaults: BreakerConfig,
+    pub(crate) producer_timeout: Duration,
+    producers: tokio::sync::Mutex<BTreeMap<String, Arc<dyn Producer>>>,
+}
+
+/// The context: cheap to clone, shared by every task and consumer of a service.
+///
+/// ```
+/// # async fn demo(broker: std::sync::Arc<dyn backstop_engine::broker::Broker>) -> Result<(), backstop_engine::core::ConfigError> {
+/// use backstop_engine::runtime::Backstop;
+/// let bs = Backstop::builder(broker).build()?; // applies CB_FAILURE_THRESHOLD / CB_RECOVERY_TIMEOUT
+/// println!("{}", bs.metrics().render());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Backstop {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Backstop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backstop")
+            .field("breaker_defaults", &self.inner.breaker_defaults)
+            .finish()
+    }
+}
+
+/// Builds a [`Backstop`].
+pub struct BackstopBuilder {
+    broker: Arc<dyn Broker>,
+    metrics: Option<Arc<Metrics>>,
+    breaker: Option<BreakerConfig>,
+    use_env: bool,
+    env: Option<BTreeMap<String, String>>,
+    wall_ms: Option<u64>,
+    producer_timeout: Duration,
+}
+
+impl BackstopBuilder {
+    /// Uses these metrics (e.g. sharing one registry between several contexts).
+    pub fn metrics(mut self, m: Arc<Metrics>) -> Self {
+        self.metrics = Some(m);
+        self
+    }
+    /// Breaker defaults for every task and consumer that does not set its own. The `CB_*`
+    /// environment variables still override them unless [`ignore_env`](Self::ignore_env).
+    pub fn breaker_defaults(mut self, b: BreakerConfig) -> Self {
+        self.breaker = Some(b);
+        self
+    }
+    /// Do not read `CB_FAILURE_THRESHOLD` / `CB_RECOVERY_TIMEOUT` from the process environment.
+    pub fn ignore_env(mut self) -> Self {
+        self.use_env = false;
+        self
+    }
+    /// Reads the `CB_*` overrides from this map instead of the process environment (tests).
+    pub fn env_from(mut self, vars: BTreeMap<String, String>) -> Self {
+        self.env = Some(vars);
+        self
+    }
+    /// Pins the wall-clock time of the runtime's epoch (ms since Unix epoch), for deterministic
+    /// DLQ timestamps in simulations.
+    pub fn wall_clock_epoch_ms(mut self, ms: u64) -> Self {
+        self.wall_ms = Some(ms);
+        self
+    }
+    /// How long creating a producer may take before it counts as a Timeout (default 10 s).
+    pub fn producer_timeout(mut self, d: Duration) -> Self {
+        self.producer_timeout = d;
+        self
+    }
+    /// Validates and builds. Must be called inside a tokio runtime (it starts the clock).
+    pub fn build(self) -> Result<Backstop, ConfigError> {
+        let base = self.breaker.unwrap_or_default();
+        let mut b = BreakerConfig::builder()
+            .failure_threshold(base.failure_threshold())
+            .recovery_timeout(base.recovery_timeout())
+            .half_open_probes(base.half_open_probes())
+            .counted(base.counted());
+        if let Some(env) = &self.env {
+            b = b.env_overrides(|k| env.get(k).cloned())?;
+        } else if self.use_env {
+            b = b.env_overrides(|k| std::env::var(k).ok())?;
+        }
+        if self.producer_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "producer_timeout",
+                "must be greater than zero",
+            ));
+        }
+        let clock = match self.wall_ms {
+            Some(ms) => Clock::with_wall_ms(ms),
+            None => Clock::start(),
+        };
+        Ok(Backstop {
+            inner: Arc::new(Inner {
+                broker: self.broker,
+                metrics: self.metrics.unwrap_or_default(),
+                clock,
+                breaker_defaults: b.build()?,
+                producer_timeout: self.producer_timeout,
+                producers: tokio::sync::Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+}
+
+impl Backstop {
+    /// A builder over `broker`.
+    pub fn builder(broker: Arc<dyn Broker>) -> BackstopBuilder {
+        BackstopBuilder {
+            broker,
+            metrics: None,
+            breaker: None,
+            use_env: true,
+            env: None,
+            wall_ms: None,
+            producer_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    /// The breaker defaults in force (after environment overrides).
+    pub fn breaker_defaults(&self) -> BreakerConfig {
+        self.inner.breaker_defaults
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> Clock {
+        self.inner.clock
+    }
+
+    /// A producer for `topic`, created on first use (with a timeout) and cached.
+    pub async fn producer(&self, topic: &str) -> Result<Arc<dyn Producer>, BrokerError> {
+        let mut cache = self.inner.producers.lock().await;
+        if let Some(p) = cache.get(topic) {
+            return Ok(p.clone());
+        }
+        let p = tokio::time::timeout(
+            self.inner.producer_timeout,
+            self.inner.broker.producer(topic),
+        )
+        .await
+        .map_err(|_| {
+            BrokerError::new(
+                ErrorKind::Timeout,
+                format!("creating a producer for `{topic}` timed out"),
+            )
+        })??;
+        cache.insert(topic.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// Forgets a cached producer (after it failed), so the next use creates a fresh one.
+    pub async fn drop_producer(&self, topic: &str) {
+        self.inner.producers.lock().await.remove(topic);
+    }
+
+    /// Makes this the context the macro-generated functions use.
+    pub fn install(&self) {
+        set_global(self.clone());
+    }
+}
+
+static GLOBAL: RwLock<Option<Backstop>> = RwLock::new(None);
+
+/// Sets the context the macro-generated task functions and consumers use.
+pub fn set_global(bs: Backstop) {
+    *GLOBAL.write().unwrap_or_else(|e| e.into_inner()) = Some(bs);
+}
+
+/// The installed context, if any.
+pub fn try_global() -> Option<Backstop> {
+    GLOBAL.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// The installed context.
+///
+/// # Panics
+/// If none was installed with [`Backstop::install`]: calling a task before wiring the service to
+/// a broker is a programming error, reported with what to do.
+pub fn global() -> Backstop {
+    try_global().expect("no backstop context installed: call Backstop::builder(broker).build()?.install() at startup")
+}

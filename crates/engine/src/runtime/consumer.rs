@@ -1,0 +1,560 @@
+//! Runs one subscription through a [`ConsumerMachine`]: a receiver task pulls deliveries within
+//! the machine's credit, handlers run as tokio tasks within `max_parallelism`, panics are failed
+//! attempts, acks/nacks/DLQ publishes go to the broker, and shutdown drains gracefully.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::broker::{BrokerError, ReceivedMessage, Subscription, SubscriptionSpec};
+use crate::core::{
+    ConfigError, ConsumerAction, ConsumerEvent, ConsumerMachine, ErrorKind, Key, NackReason,
+};
+
+use super::backstop::Backstop;
+use super::dlq::record_from;
+use super::error::HandlerError;
+use super::spec::ConsumerSpec;
+use super::task::panic_text;
+
+/// Why a consumer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its settings are invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Subscribing failed.
+    #[error("subscribing failed: {0}")]
+    Broker(#[from] BrokerError),
+}
+
+/// Counts of what a consumer did, returned when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerReport {
+    /// Deliveries received.
+    pub received: u64,
+    /// Handler runs started.
+    pub invoked: u64,
+    /// Deliveries acked.
+    pub acked: u64,
+    /// Deliveries nacked.
+    pub nacked: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Dead-letter records confirmed.
+    pub dead_lettered: u64,
+    /// Handler runs that panicked.
+    pub panicked: u64,
+    /// Breaker transitions.
+    pub breaker_transitions: u64,
+    /// Most handler runs in flight at once.
+    pub max_in_flight: u32,
+}
+
+/// A running consumer.
+#[derive(Debug)]
+pub struct ConsumerHandle {
+    shutdown: watch::Sender<Option<Duration>>,
+    join: JoinHandle<ConsumerReport>,
+    name: String,
+}
+
+impl ConsumerHandle {
+    /// `topic/subscription`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops receiving, lets in-flight handlers finish for up to the spec's shutdown grace, nacks
+    /// the rest, and returns the report.
+    pub async fn shutdown(self) -> ConsumerReport {
+        let _ = self.shutdown.send(Some(Duration::MAX));
+        self.join.await.unwrap_or_default()
+    }
+
+    /// Like [`shutdown`](Self::shutdown) with a grace period of `grace` instead of the spec's.
+    pub async fn shutdown_within(self, grace: Duration) -> ConsumerReport {
+        let _ = self.shutdown.send(Some(grace));
+        self.join.await.unwrap_or_default()
+    }
+
+    /// Whether the consumer task ended.
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+}
+
+type BoxHandler<M> = Arc<
+    dyn Fn(M) -> std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+enum Done {
+    Handler(Key, Result<(), HandlerError>),
+    Dlq(Key, Result<(), BrokerError>),
+}
+
+struct Slot<M> {
+    key: Key,
+    msg: ReceivedMessage,
+    decoded: Option<M>,
+    last_error: Option<HandlerError>,
+    abort: Option<AbortHandle>,
+}
+
+impl Backstop {
+    /// Subscribes per `spec` and runs `handler` on every decoded (JSON) message until
+    /// [`ConsumerHandle::shutdown`].
+    ///
+    /// ```
+    /// # async fn demo(bs: backstop_engine::runtime::Backstop) -> Result<(), Box<dyn std::error::Error>> {
+    /// use backstop_engine::runtime::{ConsumerSpec, HandlerError};
+    /// #[derive(serde::Deserialize)]
+    /// struct UserUpdate { user_id: i64 }
+    /// let spec = ConsumerSpec::new("user_updates", "user_service").max_parallelism(5).build()?;
+    /// let handle = bs
+    ///     .spawn_consumer(spec, |m: UserUpdate| async move {
+    ///         if m.user_id <= 0 { return Err(HandlerError::invalid("Missing user_id in message")); }
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// let report = handle.shutdown().await;
+    /// # let _ = report; Ok(()) }
+    /// ```
+    pub async fn spawn_consumer<M, F, Fut>(
+        &self,
+        spec: ConsumerSpec,
+        handler: F,
+    ) -> Result<ConsumerHandle, StartError>
+    where
+        M: DeserializeOwned + Send + 'static,
+        F: Fn(M) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        let spec = spec.build()?;
+        let cfg = spec.consumer_config(self.breaker_defaults())?;
+        let mut sub_spec = SubscriptionSpec::new(spec.topic.clone(), spec.subscription.clone())
+            .with_type(spec.kind);
+        sub_spec.nack_redelivery_delay = spec.nack_delay;
+        let sub = tokio::time::timeout(
+            self.inner.producer_timeout,
+            self.broker().subscribe(&sub_spec),
+        )
+        .await
+        .map_err(|_| {
+            BrokerError::timeout(format!("subscribing to `{}` timed out", spec.topic))
+        })??;
+        let handler: BoxHandler<M> = Arc::new(move |m| Box::pin(handler(m)));
+        let (shutdown, shutdown_rx) = watch::channel(None);
+        let name = format!("{}/{}", spec.topic, spec.subscription);
+        let driver = Driver {
+            bs: self.clone(),
+            breaker_name: format!("consumer:{name}"),
+            machine: ConsumerMachine::new(cfg),
+            spec,
+            sub,
+            handler,
+            slots: Vec::new(),
+            report: ConsumerReport::default(),
+        };
+        self.metrics().register_breaker(&driver.breaker_name);
+        let join = tokio::spawn(driver.run(shutdown_rx));
+        Ok(ConsumerHandle {
+            shutdown,
+            join,
+            name,
+        })
+    }
+}
+
+struct Driver<M> {
+    bs: Backstop,
+    spec: ConsumerSpec,
+    breaker_name: String,
+    machine: ConsumerMachine,
+    sub: Arc<dyn Subscription>,
+    handler: BoxHandler<M>,
+    slots: Vec<Option<Slot<M>>>,
+    report: ConsumerReport,
+}
+
+impl<M: DeserializeOwned + Send + 'static> Driver<M> {
+    async fn run(mut self, mut shutdown_rx: watch::Receiver<Option<Duration>>) -> ConsumerReport {
+        let credit = Arc::new(Semaphore::new(0));
+        let (deliver_tx, mut deliver_rx) =
+            mpsc::channel::<ReceivedMessage>(self.machine.config().max_held() as usize + 1);
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let (stop_rx_tx, stop_rx) = watch::channel(false);
+        let receiver = tokio::spawn(receive_loop(
+            self.sub.clone(),
+            credit.clone(),
+            deliver_tx,
+            stop_rx,
+            self.bs.clone(),
+            self.spec.topic.clone(),
+        ));
+        tracing::info!(topic = %self.spec.topic, subscription = %self.spec.subscription, "consumer started");
+        let mut shutting_down = false;
+        loop {
+            self.drain(&credit, &done_tx);
+            if self.machine.is_drained() {
+                break;
+            }
+            let deadline = self
+                .machine
+                .poll_timeout()
+                .map(|t| self.bs.clock().instant(t));
+            tokio::select! {
+                biased;
+                changed = shutdown_rx.changed(), if !shutting_down => {
+                    let grace = match changed {
+                        Ok(()) => (*shutdown_rx.borrow()).unwrap_or(self.spec.shutdown_grace),
+                        Err(_) => self.spec.shutdown_grace, // handle dropped: shut down too
+                    };
+                    let grace = grace.min(self.spec.shutdown_grace);
+                    shutting_down = true;
+                    let _ = stop_rx_tx.send(true);
+                    let now = self.bs.clock().now();
+                    tracing::info!(topic = %self.spec.topic, subscription = %self.spec.subscription, grace = ?grace, in_flight = self.machine.in_flight(), "consumer shutting down");
+                    self.machine.handle_shutdown(now, now + grace);
+                }
+                Some(done) = done_rx.recv() => {
+                    let now = self.bs.clock().now();
+                    match done {
+                        Done::Handler(key, r) => {
+                            let kind = r.as_ref().err().map(|e| e.kind());
+                            if let Some(slot) = self.slot_mut(key) {
+                                slot.abort = None;
+                                if let Err(e) = r { slot.last_error = Some(e); }
+                            }
+                            self.machine.handle_finished(now, key, kind.map_or(Ok(()), Err));
+                        }
+                        Done::Dlq(key, r) => {
+                            self.machine.handle_dlq_result(now, key, r.map_err(|e| e.kind()));
+                        }
+                    }
+                }
+                Some(msg) = deliver_rx.recv() => {
+                    let now = self.bs.clock().now();
+                    let decoded = serde_json::from_slice::<M>(&msg.payload);
+                    let ok = decoded.is_ok();
+                    let key = self.machine.handle_delivered(now, ok);
+                    let last_error = decoded.as_ref().err().map(|e| HandlerError::new(ErrorKind::Decode, format!("payload does not decode: {e}")));
+                    self.put(Slot { key, msg, decoded: decoded.ok(), last_error, abort: None });
+                }
+                _ = sleep_until_opt(deadline) => {
+                    let now = self.bs.clock().now();
+                    self.machine.handle_timeout(now);
+                }
+            }
+        }
+        let _ = stop_rx_tx.send(true);
+        let _ = receiver.await;
+        // Deliveries the receiver pulled after shutdown began never reached the machine: give them back.
+        deliver_rx.close();
+        while let Some(msg) = deliver_rx.recv().await {
+            let _ = self.sub.nack(&msg.id).await;
+            self.report.nacked += 1;
+        }
+        let _ = self.sub.close().await;
+        tracing::info!(topic = %self.spec.topic, subscription = %self.spec.subscription, report = ?self.report, "consumer stopped");
+        self.report
+    }
+
+    fn drain(&mut self, credit: &Arc<Semaphore>, done_tx: &mpsc::UnboundedSender<Done>) {
+        loop {
+            let mut progressed = false;
+            while let Some(action) = self.machine.poll_action() {
+                progressed = true;
+                self.perform(action, credit, done_tx);
+            }
+            while let Some(ev) = self.machine.poll_event() {
+                progressed = true;
+                self.record(ev);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let m = self.bs.metrics();
+        m.in_flight
+            .with_label_values(&[&self.spec.topic, &self.spec.subscription])
+            .set(i64::from(self.machine.in_flight()));
+        m.set_breaker_failures(&self.breaker_name, self.machine.breaker_failures());
+        self.report.max_in_flight = self.report.max_in_flight.max(self.machine.in_flight());
+    }
+
+    fn perform(
+        &mut self,
+        action: ConsumerAction,
+        credit: &Arc<Semaphore>,
+        done_tx: &mpsc::UnboundedSender<Done>,
+    ) {
+        match action {
+            ConsumerAction::Request { count } => credit.add_permits(count as usize),
+            ConsumerAction::Invoke { key, attempt } => {
+                let Some(slot) = self.slot_mut(key) else {
+                    return;
+                };
+                let value = match slot.decoded.take() {
+                    Some(v) => Ok(v),
+                    None => serde_json::from_slice::<M>(&slot.msg.payload),
+                };
+                let id = slot.msg.id.clone();
+                let handler = self.handler.clone();
+                let done = done_tx.clone();
+                let topic = self.spec.topic.clone();
+                let task = tokio::spawn(async move {
+                    let r = match value {
+                        Err(e) => Err(HandlerError::new(
+                            ErrorKind::Decode,
+                            format!("payload does not decode: {e}"),
+                        )),
+                        Ok(v) => match AssertUnwindSafe(handler(v)).catch_unwind().await {
+                            Ok(r) => r,
+                            Err(p) => Err(HandlerError::new(ErrorKind::Panic, panic_text(&p))),
+                        },
+                    };
+                    if let Err(e) = &r {
+                        tracing::warn!(topic = %topic, message_id = %id, attempt, kind = %e.kind(), error = %e.message(), "handler failed");
+                    }
+                    let _ = done.send(Done::Handler(key, r));
+                });
+                if let Some(slot) = self.slot_mut(key) {
+                    slot.abort = Some(task.abort_handle());
+                }
+            }
+            ConsumerAction::Ack { key } => {
+                if let Some(slot) = self.take(key) {
+                    let sub = self.sub.clone();
+                    let bs = self.bs.clone();
+                    let topic = self.spec.topic.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = sub.ack(&slot.msg.id).await {
+                            bs.metrics().record_error(&topic, e.kind());
+                            tracing::warn!(topic = %topic, message_id = %slot.msg.id, error = %e, "ack failed; the broker will redeliver");
+                        }
+                    });
+                }
+            }
+            ConsumerAction::Nack { key, reason } => {
+                if let Some(slot) = self.take(key) {
+                    if let Some(abort) = slot.abort {
+                        abort.abort();
+                    }
+                    let sub = self.sub.clone();
+                    let topic = self.spec.topic.clone();
+                    tracing::info!(topic = %topic, message_id = %slot.msg.id, reason = ?reason, "nack");
+                    tokio::spawn(async move {
+                        if let Err(e) = sub.nack(&slot.msg.id).await {
+                            tracing::warn!(topic = %topic, message_id = %slot.msg.id, error = %e, "nack failed; the broker redelivers after its ack timeout or reconnect");
+                        }
+                    });
+                }
+            }
+            ConsumerAction::PublishDlq { key, info } => {
+                let Some(slot) = self.slot(key) else { return };
+                let err = slot
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| HandlerError::new(info.kind, "failed"));
+                let mut record = record_from(
+                    &info,
+                    &self.spec.topic,
+                    err.kind(),
+                    err.message().to_string(),
+                    self.bs.clock().epoch_wall_ms(),
+                );
+                record.subscription = Some(self.spec.subscription.clone());
+                record.origin_message_id = Some(slot.msg.id.to_string());
+                let record = record.with_payload(&slot.msg.payload);
+                let msg = record.to_message(Some(&slot.msg));
+                let dlq_topic = self.spec.dlq_topic.clone().unwrap_or_default();
+                let bs = self.bs.clone();
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    let r = match bs.producer(&dlq_topic).await {
+                        Ok(p) => match tokio::time::timeout(Duration::from_secs(10), p.send(msg))
+                            .await
+                        {
+                            Ok(r) => r.map(|_| ()),
+                            Err(_) => Err(BrokerError::timeout("dead-letter publish timed out")),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = &r {
+                        if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout) {
+                            bs.drop_producer(&dlq_topic).await;
+                        }
+                    }
+                    let _ = done.send(Done::Dlq(key, r));
+                });
+            }
+            ConsumerAction::Pause => {
+                tracing::warn!(topic = %self.spec.topic, subscription = %self.spec.subscription, breaker = %self.breaker_name, "breaker open: consumer paused");
+            }
+            ConsumerAction::Resume => {
+                tracing::info!(topic = %self.spec.topic, subscription = %self.spec.subscription, breaker = %self.breaker_name, "breaker closed: consumer resumed");
+            }
+        }
+    }
+
+    fn record(&mut self, ev: ConsumerEvent) {
+        let m = self.bs.metrics().clone();
+        let (topic, sub) = (self.spec.topic.as_str(), self.spec.subscription.as_str());
+        match ev {
+            ConsumerEvent::Received { key, poison } => {
+                self.report.received += 1;
+                m.received.with_label_values(&[topic, sub]).inc();
+                if poison {
+                    m.record_error(topic, ErrorKind::Decode);
+                    tracing::warn!(topic, subscription = sub, key = %key, "undecodable payload: dead-lettering it");
+                }
+            }
+            ConsumerEvent::Invoked {
+                key,
+                attempt,
+                probe,
+            } => {
+                self.report.invoked += 1;
+                tracing::debug!(topic, subscription = sub, key = %key, attempt, probe, "handler invoked");
+            }
+            ConsumerEvent::Succeeded { latency, .. } => {
+                m.observe_latency(topic, "handle", latency.as_secs_f64());
+            }
+            ConsumerEvent::Failed { kind, latency, .. } => {
+                if kind == ErrorKind::Panic {
+                    self.report.panicked += 1;
+                }
+                m.record_error(topic, kind);
+                m.observe_latency(topic, "handle", latency.as_secs_f64());
+            }
+            ConsumerEvent::RetryScheduled {
+                key, next_attempt, ..
+            } => {
+                self.report.retried += 1;
+                m.retried.with_label_values(&[topic]).inc();
+                tracing::info!(topic, subscription = sub, key = %key, next_attempt, "retry scheduled");
+            }
+            ConsumerEvent::DeadLettered { key, info } => {
+                self.report.dead_lettered += 1;
+                m.dead_lettered.with_label_values(&[topic]).inc();
+                tracing::warn!(topic, subscription = sub, key = %key, reason = info.reason.as_str(), attempts = info.attempts, kind = %info.kind, "dead-lettered");
+            }
+            ConsumerEvent::DeadLetterFailed { key, kind } => {
+                m.record_error(self.spec.dlq_topic.as_deref().unwrap_or(topic), kind);
+                tracing::error!(topic, subscription = sub, key = %key, kind = %kind, "dead-letter publish failed: nacking for redelivery");
+            }
+            ConsumerEvent::Acked { .. } => {
+                self.report.acked += 1;
+                m.acked.with_label_values(&[topic, sub]).inc();
+            }
+            ConsumerEvent::Nacked { reason, .. } => {
+                self.report.nacked += 1;
+                let r = match reason {
+                    NackReason::NoDeadLetter => "no_dead_letter",
+                    NackReason::DeadLetterFailed => "dead_letter_failed",
+                    NackReason::Shutdown => "shutdown",
+                };
+                m.nacked.with_label_values(&[topic, sub, r]).inc();
+            }
+            ConsumerEvent::Breaker(t) => {
+                self.report.breaker_transitions += 1;
+                m.record_transition(&self.breaker_name, &t);
+                tracing::warn!(breaker = %self.breaker_name, from = t.from.as_str(), to = t.to.as_str(), failures = t.failures, "circuit breaker transition");
+            }
+            ConsumerEvent::Drained => {
+                tracing::info!(topic, subscription = sub, "consumer drained");
+            }
+        }
+    }
+
+    fn put(&mut self, slot: Slot<M>) {
+        let i = slot.key.index();
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        self.slots[i] = Some(slot);
+    }
+
+    fn slot(&self, key: Key) -> Option<&Slot<M>> {
+        self.slots
+            .get(key.index())?
+            .as_ref()
+            .filter(|s| s.key == key)
+    }
+
+    fn slot_mut(&mut self, key: Key) -> Option<&mut Slot<M>> {
+        self.slots
+            .get_mut(key.index())?
+            .as_mut()
+            .filter(|s| s.key == key)
+    }
+
+    fn take(&mut self, key: Key) -> Option<Slot<M>> {
+        let cell = self.slots.get_mut(key.index())?;
+        if cell.as_ref().is_some_and(|s| s.key == key) {
+            cell.take()
+        } else {
+            None
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Pulls deliveries while the machine grants credit; backs off on broker errors.
+async fn receive_loop(
+    sub: Arc<dyn Subscription>,
+    credit: Arc<Semaphore>,
+    tx: mpsc::Sender<ReceivedMessage>,
+    mut stop: watch::Receiver<bool>,
+    bs: Backstop,
+    topic: String,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            p = credit.acquire() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let r = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            r = sub.receive() => r,
+        };
+        match r {
+            Ok(msg) => {
+                permit.forget();
+                backoff = Duration::from_millis(100);
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                bs.metrics().record_error(&topic, e.kind());
+                tracing::warn!(topic = %topic, error = %e, retry_in = ?backoff, "receive failed");
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

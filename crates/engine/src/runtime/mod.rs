@@ -1,0 +1,35 @@
+//! The async runtime: drives the core machines against a [`Broker`](crate::broker::Broker) with
+//! tokio, turns core events into Prometheus metrics and `tracing` events, and shuts down
+//! gracefully.
+//!
+//! | module | its one job |
+//! |---|---|
+//! | `backstop` | the shared context: broker, metrics, clock, producer cache, defaults |
+//! | `spec` | validated task and consumer settings (what the macros fill in) |
+//! | `task` | runs task calls through a [`ProducerMachine`](crate::core::ProducerMachine) |
+//! | `consumer` | runs one subscription through a [`ConsumerMachine`](crate::core::ConsumerMachine) |
+//! | `metrics` | the Prometheus families |
+//! | `server` | the `/metrics` HTTP endpoint |
+//! | `dlq` | the dead-letter record |
+//! | `error` | handler errors and task failures |
+//! | `clock` | tokio time as core time |
+
+mod backstop;
+mod clock;
+mod consumer;
+mod dlq;
+mod error;
+mod metrics;
+mod server;
+mod spec;
+mod task;
+
+pub use backstop::{global, set_global, try_global, Backstop, BackstopBuilder};
+pub use clock::Clock;
+pub use consumer::{ConsumerHandle, ConsumerReport, StartError};
+pub use dlq::DeadLetterRecord;
+pub use error::{DeadLetter, FailureReason, HandlerError, TaskError, TaskFailure};
+pub use metrics::Metrics;
+pub use server::{MetricsServer, DEFAULT_METRICS_ADDR};
+pub use spec::{ConsumerSpec, TaskSpec};
+pub use task::{Published, Task};

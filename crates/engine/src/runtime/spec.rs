@@ -1,0 +1,283 @@
+//! Validated settings for a task and a consumer: the decorator arguments of the original guide
+//! (`topic`, `max_retries`, `retry_delay`, `dlq_topic`, `subscription`, `max_parallelism`) and
+//! the rest, rejected with a [`ConfigError`] naming the setting when they are built.
+
+use std::time::Duration;
+
+use crate::broker::SubscriptionType;
+use crate::core::{BreakerConfig, ConfigError, ConsumerConfig, ProducerConfig, RetryPolicy};
+
+fn check_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
+    if topic.trim().is_empty() {
+        return Err(ConfigError::new(setting, "must not be empty"));
+    }
+    if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(
+            setting,
+            format!("`{topic}` contains whitespace or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Settings of a producer task (`#[task(...)]`).
+///
+/// ```
+/// use backstop_engine::runtime::TaskSpec;
+/// use std::time::Duration;
+/// let spec = TaskSpec::new("user_updates")
+///     .max_retries(3)
+///     .retry_delay(Duration::from_secs(5))
+///     .dlq_topic("user_updates_dlq")
+///     .build()?;
+/// assert_eq!(spec.topic(), "user_updates");
+/// assert!(TaskSpec::new("").build().is_err());
+/// # Ok::<(), backstop_engine::core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct TaskSpec {
+    topic: String,
+    max_retries: u32,
+    retry_delay: Duration,
+    dlq_topic: Option<String>,
+    breaker: Option<BreakerConfig>,
+    send_timeout: Duration,
+    retry: Option<RetryPolicy>,
+}
+
+impl TaskSpec {
+    /// Settings for a task publishing to `topic`: 3 retries 5 s apart, no DLQ, the runtime's
+    /// breaker defaults, 10 s send timeout.
+    pub fn new(topic: impl Into<String>) -> TaskSpec {
+        TaskSpec {
+            topic: topic.into(),
+            max_retries: 3,
+            retry_delay: Duration::from_secs(5),
+            dlq_topic: None,
+            breaker: None,
+            send_timeout: Duration::from_secs(10),
+            retry: None,
+        }
+    }
+    /// Retries after the first attempt.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+    /// Delay between attempts.
+    pub fn retry_delay(mut self, d: Duration) -> Self {
+        self.retry_delay = d;
+        self
+    }
+    /// Dead-letter topic.
+    pub fn dlq_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dlq_topic = Some(topic.into());
+        self
+    }
+    /// Breaker settings for this task (default: the runtime's).
+    pub fn breaker(mut self, b: BreakerConfig) -> Self {
+        self.breaker = Some(b);
+        self
+    }
+    /// A full retry policy (overrides `max_retries` and `retry_delay`), e.g. exponential backoff.
+    pub fn retry_policy(mut self, p: RetryPolicy) -> Self {
+        self.retry = Some(p);
+        self
+    }
+    /// How long one publish may take before it counts as a Timeout.
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.send_timeout = d;
+        self
+    }
+    /// Validates.
+    pub fn build(self) -> Result<TaskSpec, ConfigError> {
+        check_topic("topic", &self.topic)?;
+        if let Some(d) = &self.dlq_topic {
+            check_topic("dlq_topic", d)?;
+            if *d == self.topic {
+                return Err(ConfigError::new("dlq_topic", "must differ from topic"));
+            }
+        }
+        if self.send_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "send_timeout",
+                "must be greater than zero",
+            ));
+        }
+        self.retry_policy_checked()?;
+        Ok(self)
+    }
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    /// The DLQ topic.
+    pub fn dlq(&self) -> Option<&str> {
+        self.dlq_topic.as_deref()
+    }
+    /// The send timeout.
+    pub fn send_timeout_value(&self) -> Duration {
+        self.send_timeout
+    }
+    fn retry_policy_checked(&self) -> Result<RetryPolicy, ConfigError> {
+        match self.retry {
+            Some(p) => Ok(p),
+            None => RetryPolicy::builder()
+                .max_retries(self.max_retries)
+                .retry_delay(self.retry_delay)
+                .build(),
+        }
+    }
+    pub(crate) fn producer_config(
+        &self,
+        default_breaker: BreakerConfig,
+    ) -> Result<ProducerConfig, ConfigError> {
+        ProducerConfig::builder()
+            .retry(self.retry_policy_checked()?)
+            .breaker(self.breaker.unwrap_or(default_breaker))
+            .dead_letter(self.dlq_topic.is_some())
+            .build()
+    }
+}
+
+/// Settings of a consumer (`#[consumer(...)]`).
+///
+/// ```
+/// use backstop_engine::runtime::ConsumerSpec;
+/// let spec = ConsumerSpec::new("user_updates", "user_service").max_parallelism(5).build()?;
+/// assert_eq!(spec.max_parallelism_value(), 5);
+/// let err = ConsumerSpec::new("user_updates", "s").max_parallelism(0).build().unwrap_err();
+/// assert_eq!(err.setting(), "max_parallelism");
+/// # Ok::<(), backstop_engine::core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    pub(crate) topic: String,
+    pub(crate) subscription: String,
+    pub(crate) kind: SubscriptionType,
+    max_parallelism: u32,
+    max_retries: u32,
+    retry_delay: Duration,
+    pub(crate) dlq_topic: Option<String>,
+    breaker: Option<BreakerConfig>,
+    retry: Option<RetryPolicy>,
+    pub(crate) shutdown_grace: Duration,
+    max_held: u32,
+    pub(crate) nack_delay: Duration,
+}
+
+impl ConsumerSpec {
+    /// A Shared subscription, parallelism 1, 3 retries 5 s apart, no DLQ, 30 s shutdown grace.
+    pub fn new(topic: impl Into<String>, subscription: impl Into<String>) -> ConsumerSpec {
+        ConsumerSpec {
+            topic: topic.into(),
+            subscription: subscription.into(),
+            kind: SubscriptionType::Shared,
+            max_parallelism: 1,
+            max_retries: 3,
+            retry_delay: Duration::from_secs(5),
+            dlq_topic: None,
+            breaker: None,
+            retry: None,
+            shutdown_grace: Duration::from_secs(30),
+            max_held: 0,
+            nack_delay: Duration::from_secs(1),
+        }
+    }
+    /// The subscription type.
+    pub fn subscription_type(mut self, kind: SubscriptionType) -> Self {
+        self.kind = kind;
+        self
+    }
+    /// Handler runs in flight at once.
+    pub fn max_parallelism(mut self, n: u32) -> Self {
+        self.max_parallelism = n;
+        self
+    }
+    /// Retries after the first attempt.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+    /// Delay between attempts.
+    pub fn retry_delay(mut self, d: Duration) -> Self {
+        self.retry_delay = d;
+        self
+    }
+    /// A full retry policy (overrides `max_retries` and `retry_delay`).
+    pub fn retry_policy(mut self, p: RetryPolicy) -> Self {
+        self.retry = Some(p);
+        self
+    }
+    /// Dead-letter topic.
+    pub fn dlq_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dlq_topic = Some(topic.into());
+        self
+    }
+    /// Breaker settings (default: the runtime's).
+    pub fn breaker(mut self, b: BreakerConfig) -> Self {
+        self.breaker = Some(b);
+        self
+    }
+    /// How long in-flight handlers may run after shutdown begins.
+    pub fn shutdown_grace(mut self, d: Duration) -> Self {
+        self.shutdown_grace = d;
+        self
+    }
+    /// Deliveries held at once (0: 4 × max_parallelism).
+    pub fn max_held(mut self, n: u32) -> Self {
+        self.max_held = n;
+        self
+    }
+    /// Redelivery delay hint for nacked messages.
+    pub fn nack_delay(mut self, d: Duration) -> Self {
+        self.nack_delay = d;
+        self
+    }
+    /// Validates.
+    pub fn build(self) -> Result<ConsumerSpec, ConfigError> {
+        check_topic("topic", &self.topic)?;
+        if self.subscription.trim().is_empty() {
+            return Err(ConfigError::new("subscription", "must not be empty"));
+        }
+        if let Some(d) = &self.dlq_topic {
+            check_topic("dlq_topic", d)?;
+            if *d == self.topic {
+                return Err(ConfigError::new("dlq_topic", "must differ from topic"));
+            }
+        }
+        self.consumer_config(BreakerConfig::default())?;
+        Ok(self)
+    }
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    /// The subscription.
+    pub fn subscription(&self) -> &str {
+        &self.subscription
+    }
+    /// The parallelism bound.
+    pub fn max_parallelism_value(&self) -> u32 {
+        self.max_parallelism
+    }
+    pub(crate) fn consumer_config(
+        &self,
+        default_breaker: BreakerConfig,
+    ) -> Result<ConsumerConfig, ConfigError> {
+        let retry = match self.retry {
+            Some(p) => p,
+            None => RetryPolicy::builder()
+                .max_retries(self.max_retries)
+                .retry_delay(self.retry_delay)
+                .build()?,
+        };
+        ConsumerConfig::builder()
+            .max_parallelism(self.max_parallelism)
+            .max_held(self.max_held)
+            .retry(retry)
+            .breaker(self.breaker.unwrap_or(default_breaker))
+            .dead_letter(self.dlq_topic.is_some())
+            .build()
+    }
+}

@@ -1,0 +1,434 @@
+//! Runs task calls through a [`ProducerMachine`]: the body, the publish, retries, the DLQ and
+//! the breaker, with the caller's arguments handed back on failure.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::broker::{BrokerError, MessageId, OutgoingMessage};
+use crate::core::{
+    ConfigError, DlqFate, ErrorKind, Key, ProducerAction, ProducerEvent, ProducerMachine,
+    ProducerOutcome, Time,
+};
+
+use super::backstop::Backstop;
+use super::dlq::record_from;
+use super::error::{DeadLetter, FailureReason, HandlerError, TaskFailure};
+use super::spec::TaskSpec;
+
+/// A published result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published<T> {
+    /// The body's value.
+    pub value: T,
+    /// The broker's id for the message.
+    pub id: MessageId,
+    /// Attempts it took.
+    pub attempts: u32,
+}
+
+struct Shared {
+    machine: ProducerMachine,
+    mailboxes: BTreeMap<Key, mpsc::UnboundedSender<ProducerAction>>,
+}
+
+/// A producer task: a topic, its retry/DLQ settings and its own circuit breaker. Clone-cheap.
+///
+/// ```
+/// # async fn demo(bs: backstop_engine::runtime::Backstop) -> Result<(), Box<dyn std::error::Error>> {
+/// use backstop_engine::runtime::{Task, TaskSpec, TaskError};
+/// let task = Task::new(&bs, TaskSpec::new("user_updates").max_retries(3).build()?)?;
+/// let sent = task
+///     .call(7_i64, |id: &i64| {
+///         let id = *id;
+///         async move {
+///             if id <= 0 { return Err(TaskError::invalid("user_id must be positive integer")); }
+///             Ok(serde_json::json!({ "status": "success", "user_id": id }))
+///         }
+///     })
+///     .await?;
+/// println!("published {} after {} attempt(s)", sent.id, sent.attempts);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Task {
+    bs: Backstop,
+    spec: Arc<TaskSpec>,
+    breaker_name: Arc<str>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl Task {
+    /// A task in context `bs`.
+    pub fn new(bs: &Backstop, spec: TaskSpec) -> Result<Task, ConfigError> {
+        let spec = spec.build()?;
+        let cfg = spec.producer_config(bs.breaker_defaults())?;
+        let breaker_name: Arc<str> = Arc::from(format!("task:{}", spec.topic()));
+        bs.metrics().register_breaker(&breaker_name);
+        Ok(Task {
+            bs: bs.clone(),
+            spec: Arc::new(spec),
+            breaker_name,
+            shared: Arc::new(Mutex::new(Shared {
+                machine: ProducerMachine::new(cfg),
+                mailboxes: BTreeMap::new(),
+            })),
+        })
+    }
+
+    /// The settings.
+    pub fn spec(&self) -> &TaskSpec {
+        &self.spec
+    }
+
+    /// The breaker's name in metrics and logs (`task:<topic>`).
+    pub fn breaker_name(&self) -> &str {
+        &self.breaker_name
+    }
+
+    /// The breaker's current state and failure count.
+    pub fn breaker(&self) -> (crate::core::BreakerState, u32) {
+        let s = self.lock();
+        (s.machine.breaker_state(), s.machine.breaker_failures())
+    }
+
+    /// Runs `body(&args)`, publishes its `Ok` value as JSON to the topic, and retries, dead-letters
+    /// or fails fast as configured. A panic in the body is a failed, retryable attempt. On failure
+    /// the arguments come back inside the [`TaskFailure`].
+    pub async fn call<A, T, F, Fut>(
+        &self,
+        args: A,
+        mut body: F,
+    ) -> Result<Published<T>, TaskFailure<A>>
+    where
+        A: Serialize,
+        T: Serialize,
+        F: FnMut(&A) -> Fut,
+        Fut: Future<Output = Result<T, HandlerError>>,
+    {
+        let topic = self.spec.topic().to_string();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let key = {
+            let mut s = self.lock();
+            let now = self.now();
+            let key = s.machine.handle_call(now);
+            s.mailboxes.insert(key, tx);
+            key
+        };
+        let _guard = MailboxGuard { task: self, key };
+        let mut deadline = self.route();
+        let mut value: Option<T> = None;
+        let mut payload: Option<Vec<u8>> = None;
+        let mut last_error = HandlerError::new(ErrorKind::Handler, "no attempt made");
+        let mut message_id = MessageId::default();
+        let mut dead_letter = DeadLetter::NotConfigured;
+        let mut encode_error: Option<String> = None;
+        loop {
+            let action = match deadline {
+                Some(at) => {
+                    tokio::select! {
+                        biased;
+                        a = rx.recv() => a,
+                        _ = tokio::time::sleep_until(self.bs.clock().instant(at)) => {
+                            let now = self.now();
+                            self.lock().machine.handle_timeout(now);
+                            deadline = self.route();
+                            continue;
+                        }
+                    }
+                }
+                None => rx.recv().await,
+            };
+            let Some(action) = action else {
+                // The mailbox is gone only if the task was torn down; report what we have.
+                return Err(self.failure(
+                    FailureReason::CircuitOpen,
+                    0,
+                    dead_letter,
+                    args,
+                    payload,
+                ));
+            };
+            match action {
+                ProducerAction::RunBody { attempt, .. } => {
+                    let r = AssertUnwindSafe(body(&args)).catch_unwind().await;
+                    let r = match r {
+                        Ok(Ok(v)) => match serde_json::to_vec(&v) {
+                            Ok(bytes) => {
+                                payload = Some(bytes);
+                                value = Some(v);
+                                Ok(())
+                            }
+                            Err(e) => {
+                                let text = format!("encoding the result failed: {e}");
+                                encode_error = Some(text.clone());
+                                last_error = HandlerError::new(ErrorKind::Invalid, text);
+                                Err(ErrorKind::Invalid)
+                            }
+                        },
+                        Ok(Err(e)) => {
+                            let k = e.kind();
+                            last_error = e;
+                            Err(k)
+                        }
+                        Err(panic) => {
+                            last_error = HandlerError::new(ErrorKind::Panic, panic_text(&panic));
+                            Err(ErrorKind::Panic)
+                        }
+                    };
+                    if let Err(kind) = &r {
+                        tracing::warn!(topic = %topic, attempt, kind = %kind, error = %last_error.message(), "task body failed");
+                    }
+                    let now = self.now();
+                    self.lock().machine.handle_body_result(now, key, r);
+                }
+                ProducerAction::Publish { attempt, .. } => {
+                    let msg = OutgoingMessage::new(payload.clone().unwrap_or_default());
+                    let r = self.send(&topic, msg).await;
+                    let r = match r {
+                        Ok(id) => {
+                            message_id = id;
+                            Ok(())
+                        }
+                        Err(e) => {
+                            tracing::warn!(topic = %topic, attempt, kind = %e.kind(), error = %e.message(), "publish failed");
+                            let k = e.kind();
+                            last_error = e.into();
+                            Err(k)
+                        }
+                    };
+                    let now = self.now();
+                    self.lock().machine.handle_publish_result(now, key, r);
+                }
+                ProducerAction::PublishDlq { info, .. } => {
+                    let dlq_topic = self.spec.dlq().unwrap_or_default().to_string();
+                    let mut record = record_from(
+                        &info,
+                        &topic,
+                        last_error.kind(),
+                        last_error.message().to_string(),
+                        self.bs.clock().epoch_wall_ms(),
+                    );
+                    record.args = serde_json::to_value(&args).ok();
+                    if let Some(p) = &payload {
+                        record = record.with_payload(p);
+                    }
+                    let r = self.send(&dlq_topic, record.to_message(None)).await;
+                    let r = match r {
+                        Ok(id) => {
+                            tracing::warn!(topic = %topic, dlq = %dlq_topic, id = %id, attempts = info.attempts, "task dead-lettered");
+                            dead_letter = DeadLetter::Published {
+                                topic: dlq_topic,
+                                id,
+                            };
+                            Ok(())
+                        }
+                        Err(e) => {
+                            tracing::error!(topic = %topic, dlq = %dlq_topic, error = %e, "dead-letter publish failed; data returned to the caller");
+                            let k = e.kind();
+                            dead_letter = DeadLetter::Failed {
+                                topic: dlq_topic,
+                                error: e.to_string(),
+                            };
+                            Err(k)
+                        }
+                    };
+                    let now = self.now();
+                    self.lock().machine.handle_dlq_result(now, key, r);
+                }
+                ProducerAction::Complete { outcome, .. } => {
+                    return match outcome {
+                        ProducerOutcome::Sent { attempts } => Ok(Published {
+                            value: value.expect("a publish follows a successful body"),
+                            id: message_id,
+                            attempts,
+                        }),
+                        ProducerOutcome::CircuitOpen { attempts } => {
+                            tracing::debug!(topic = %topic, breaker = %self.breaker_name, "call refused: circuit open");
+                            Err(self.failure(
+                                FailureReason::CircuitOpen,
+                                attempts,
+                                dead_letter,
+                                args,
+                                payload,
+                            ))
+                        }
+                        ProducerOutcome::Failed {
+                            kind,
+                            attempts,
+                            dlq,
+                        } => {
+                            if dlq == DlqFate::NotConfigured {
+                                dead_letter = DeadLetter::NotConfigured;
+                            }
+                            let reason = match encode_error.take() {
+                                Some(e) => FailureReason::Encode(e),
+                                None => FailureReason::Failed {
+                                    kind,
+                                    message: last_error.message().to_string(),
+                                },
+                            };
+                            Err(self.failure(reason, attempts, dead_letter, args, payload))
+                        }
+                    };
+                }
+            }
+            deadline = self.route();
+        }
+    }
+
+    fn failure<A>(
+        &self,
+        reason: FailureReason,
+        attempts: u32,
+        dead_letter: DeadLetter,
+        args: A,
+        payload: Option<Vec<u8>>,
+    ) -> TaskFailure<A> {
+        TaskFailure {
+            topic: self.spec.topic().to_string(),
+            reason,
+            attempts,
+            dead_letter,
+            args,
+            payload,
+        }
+    }
+
+    async fn send(&self, topic: &str, msg: OutgoingMessage) -> Result<MessageId, BrokerError> {
+        let started = tokio::time::Instant::now();
+        let producer = self.bs.producer(topic).await?;
+        let r = match tokio::time::timeout(self.spec.send_timeout_value(), producer.send(msg)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(BrokerError::timeout(format!(
+                "send to `{topic}` timed out after {:?}",
+                self.spec.send_timeout_value()
+            ))),
+        };
+        if let Err(e) = &r {
+            if matches!(
+                e.kind(),
+                ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Fatal
+            ) {
+                self.bs.drop_producer(topic).await;
+            }
+        } else {
+            self.bs
+                .metrics()
+                .observe_latency(topic, "publish", started.elapsed().as_secs_f64());
+        }
+        r
+    }
+
+    fn now(&self) -> Time {
+        self.bs.clock().now()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delivers queued actions to their calls' mailboxes, records events, and returns the
+    /// machine's next deadline. Actions for calls whose caller went away are answered with a
+    /// fatal error so the call completes and frees its slot.
+    fn route(&self) -> Option<Time> {
+        let mut s = self.lock();
+        let now = self.now();
+        loop {
+            let mut progressed = false;
+            while let Some(action) = s.machine.poll_action() {
+                progressed = true;
+                let key = match action {
+                    ProducerAction::RunBody { call, .. }
+                    | ProducerAction::Publish { call, .. }
+                    | ProducerAction::PublishDlq { call, .. }
+                    | ProducerAction::Complete { call, .. } => call,
+                };
+                let delivered = s
+                    .mailboxes
+                    .get(&key)
+                    .map(|tx| tx.send(action).is_ok())
+                    .unwrap_or(false);
+                if !delivered {
+                    match action {
+                        ProducerAction::RunBody { .. } => {
+                            s.machine
+                                .handle_body_result(now, key, Err(ErrorKind::Fatal));
+                        }
+                        ProducerAction::Publish { .. } => {
+                            s.machine
+                                .handle_publish_result(now, key, Err(ErrorKind::Fatal));
+                        }
+                        ProducerAction::PublishDlq { .. } => {
+                            s.machine.handle_dlq_result(now, key, Err(ErrorKind::Fatal));
+                        }
+                        ProducerAction::Complete { .. } => {}
+                    }
+                }
+            }
+            while let Some(ev) = s.machine.poll_event() {
+                progressed = true;
+                self.record(&ev);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.bs
+            .metrics()
+            .set_breaker_failures(&self.breaker_name, s.machine.breaker_failures());
+        s.machine.poll_timeout()
+    }
+
+    fn record(&self, ev: &ProducerEvent) {
+        let m = self.bs.metrics();
+        let topic = self.spec.topic();
+        match ev {
+            ProducerEvent::Sent { latency, .. } => {
+                m.record_sent(topic);
+                m.observe_latency(topic, "send", latency.as_secs_f64());
+            }
+            ProducerEvent::Failed { kind, .. } => m.record_error(topic, *kind),
+            ProducerEvent::RetryScheduled { next_attempt, .. } => {
+                m.retried.with_label_values(&[topic]).inc();
+                tracing::info!(topic, next_attempt, "task retry scheduled");
+            }
+            ProducerEvent::Rejected { .. } => m.rejected.with_label_values(&[topic]).inc(),
+            ProducerEvent::DeadLettered { .. } => m.dead_lettered.with_label_values(&[topic]).inc(),
+            ProducerEvent::DeadLetterFailed { kind, .. } => {
+                m.record_error(self.spec.dlq().unwrap_or(topic), *kind);
+            }
+            ProducerEvent::Breaker(t) => {
+                m.record_transition(&self.breaker_name, t);
+                tracing::warn!(breaker = %self.breaker_name, from = t.from.as_str(), to = t.to.as_str(), failures = t.failures, "circuit breaker transition");
+            }
+        }
+    }
+}
+
+struct MailboxGuard<'a> {
+    task: &'a Task,
+    key: Key,
+}
+
+impl Drop for MailboxGuard<'_> {
+    fn drop(&mut self) {
+        self.task.lock().mailboxes.remove(&self.key);
+    }
+}
+
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".to_string()
+    }
+}
