@@ -17,6 +17,7 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pub(crate) breaker_defaults: BreakerConfig,
     pub(crate) producer_timeout: Duration,
+    pub(crate) topic_prefix: String,
     producers: tokio::sync::Mutex<BTreeMap<String, Arc<dyn Producer>>>,
 }
 
@@ -51,6 +52,7 @@ pub struct BackstopBuilder {
     env: Option<BTreeMap<String, String>>,
     wall_ms: Option<u64>,
     producer_timeout: Duration,
+    topic_prefix: String,
 }
 
 impl BackstopBuilder {
@@ -86,6 +88,12 @@ impl BackstopBuilder {
         self.producer_timeout = d;
         self
     }
+    /// Prefixes every task and consumer topic (including DLQ topics) with `prefix`, e.g. a
+    /// Pulsar namespace `persistent://tenant/ns/` or a per-environment tag. Empty by default.
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.topic_prefix = prefix.into();
+        self
+    }
     /// Validates and builds. Must be called inside a tokio runtime (it starts the clock).
     pub fn build(self) -> Result<Backstop, ConfigError> {
         let base = self.breaker.unwrap_or_default();
@@ -116,6 +124,7 @@ impl BackstopBuilder {
                 clock,
                 breaker_defaults: b.build()?,
                 producer_timeout: self.producer_timeout,
+                topic_prefix: self.topic_prefix,
                 producers: tokio::sync::Mutex::new(BTreeMap::new()),
             }),
         })
@@ -133,7 +142,13 @@ impl Backstop {
             env: None,
             wall_ms: None,
             producer_timeout: Duration::from_secs(10),
+            topic_prefix: String::new(),
         }
+    }
+
+    /// `topic` with the context's prefix applied.
+    pub fn resolve_topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.inner.topic_prefix)
     }
 
     /// The metrics.

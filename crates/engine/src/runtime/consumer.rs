@@ -138,7 +138,7 @@ impl Backstop {
         F: Fn(M) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
-        let spec = spec.build()?;
+        let spec = spec.build()?.prefixed(&self.inner.topic_prefix);
         let cfg = spec.consumer_config(self.breaker_defaults())?;
         let mut sub_spec = SubscriptionSpec::new(spec.topic.clone(), spec.subscription.clone())
             .with_type(spec.kind);

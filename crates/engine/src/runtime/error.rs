@@ -106,6 +106,8 @@ pub enum FailureReason {
     CircuitOpen,
     /// The value could not be serialized.
     Encode(String),
+    /// The task's settings are invalid (nothing was attempted).
+    Config(String),
 }
 
 /// A task call that did not publish, with the caller's arguments handed back so nothing is lost.
@@ -126,6 +128,18 @@ pub struct TaskFailure<A> {
 }
 
 impl<A> TaskFailure<A> {
+    /// A call that could not start because the task's settings are invalid.
+    pub fn invalid_config(topic: &str, error: crate::core::ConfigError, args: A) -> Self {
+        TaskFailure {
+            topic: topic.to_string(),
+            reason: FailureReason::Config(error.to_string()),
+            attempts: 0,
+            dead_letter: DeadLetter::NotConfigured,
+            args,
+            payload: None,
+        }
+    }
+
     /// Whether the failure is a fail-fast refusal of an open breaker.
     pub fn is_circuit_open(&self) -> bool {
         self.reason == FailureReason::CircuitOpen
@@ -134,7 +148,7 @@ impl<A> TaskFailure<A> {
     pub fn kind(&self) -> Option<ErrorKind> {
         match &self.reason {
             FailureReason::Failed { kind, .. } => Some(*kind),
-            FailureReason::CircuitOpen | FailureReason::Encode(_) => None,
+            FailureReason::CircuitOpen | FailureReason::Encode(_) | FailureReason::Config(_) => None,
         }
     }
 }
@@ -150,6 +164,7 @@ impl<A: fmt::Debug> fmt::Display for TaskFailure<A> {
             FailureReason::CircuitOpen => {
                 write!(f, "task for `{}` refused: circuit open", self.topic)?
             }
+            FailureReason::Config(e) => write!(f, "task for `{}` is misconfigured: {e}", self.topic)?,
             FailureReason::Encode(e) => write!(
                 f,
                 "task for `{}` could not encode its result: {e}",

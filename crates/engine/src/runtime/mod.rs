@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `backstop` | the shared context: broker, metrics, clock, producer cache, defaults |
 //! | `spec` | validated task and consumer settings (what the macros fill in) |
+//! | `task_cache` | one task per context for macro-generated tasks |
 //! | `task` | runs task calls through a [`ProducerMachine`](crate::core::ProducerMachine) |
 //! | `consumer` | runs one subscription through a [`ConsumerMachine`](crate::core::ConsumerMachine) |
 //! | `metrics` | the Prometheus families |
@@ -23,6 +24,7 @@ mod metrics;
 mod server;
 mod spec;
 mod task;
+mod task_cache;
 
 pub use backstop::{global, set_global, try_global, Backstop, BackstopBuilder};
 pub use clock::Clock;
@@ -33,3 +35,4 @@ pub use metrics::Metrics;
 pub use server::{MetricsServer, DEFAULT_METRICS_ADDR};
 pub use spec::{ConsumerSpec, TaskSpec};
 pub use task::{Published, Task};
+pub use task_cache::TaskCache;

@@ -111,6 +111,11 @@ impl TaskSpec {
     pub fn topic(&self) -> &str {
         &self.topic
     }
+    pub(crate) fn prefixed(mut self, prefix: &str) -> TaskSpec {
+        self.topic = format!("{prefix}{}", self.topic);
+        self.dlq_topic = self.dlq_topic.map(|d| format!("{prefix}{d}"));
+        self
+    }
     /// The DLQ topic.
     pub fn dlq(&self) -> Option<&str> {
         self.dlq_topic.as_deref()
@@ -252,6 +257,11 @@ impl ConsumerSpec {
     /// The topic.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+    pub(crate) fn prefixed(mut self, prefix: &str) -> ConsumerSpec {
+        self.topic = format!("{prefix}{}", self.topic);
+        self.dlq_topic = self.dlq_topic.map(|d| format!("{prefix}{d}"));
+        self
     }
     /// The subscription.
     pub fn subscription(&self) -> &str {

@@ -66,7 +66,7 @@ pub struct Task {
 impl Task {
     /// A task in context `bs`.
     pub fn new(bs: &Backstop, spec: TaskSpec) -> Result<Task, ConfigError> {
-        let spec = spec.build()?;
+        let spec = spec.build()?.prefixed(&bs.inner.topic_prefix);
         let cfg = spec.producer_config(bs.breaker_defaults())?;
         let breaker_name: Arc<str> = Arc::from(format!("task:{}", spec.topic()));
         bs.metrics().register_breaker(&breaker_name);
