@@ -1,0 +1,288 @@
+//! Consumers on the in-memory broker, under paused tokio time.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backstop::broker::{Broker, OutgoingMessage};
+use backstop::{ConsumerSpec, DeadLetterRecord, HandlerError};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Msg {
+    n: u32,
+}
+
+async fn publish(mem: &backstop_mem::MemBroker, topic: &str, ns: impl IntoIterator<Item = u32>) {
+    let p = mem.producer(topic).await.unwrap();
+    for n in ns {
+        p.send(OutgoingMessage::new(serde_json::to_vec(&Msg { n }).unwrap())).await.unwrap();
+    }
+}
+
+/// Waits (in paused time) until `cond` holds, up to `limit` of simulated time.
+async fn until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "condition not reached within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_max_retries_plus_one_times_then_dead_letters_and_acks_after_confirmation() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(3)
+        .retry_delay(Duration::from_secs(5))
+        .dlq_topic("in_dlq")
+        .build()
+        .unwrap();
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let t2 = times.clone();
+    let handle = bs
+        .spawn_consumer(spec, move |_m: Msg| {
+            t2.lock().unwrap().push(Instant::now());
+            async { Err(HandlerError::retryable("write conflict")) }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", [1]).await;
+    until(Duration::from_secs(60), || mem.topic_payloads("in_dlq").len() == 1).await;
+    let times = times.lock().unwrap().clone();
+    assert_eq!(times.len(), 4);
+    for w in times.windows(2) {
+        assert_eq!(w[1] - w[0], Duration::from_secs(5));
+    }
+    let rec: DeadLetterRecord = serde_json::from_slice(&mem.topic_payloads("in_dlq")[0]).unwrap();
+    assert_eq!(rec.origin_topic, "in");
+    assert_eq!(rec.subscription.as_deref(), Some("svc"));
+    assert_eq!(rec.reason, "exhausted");
+    assert_eq!(rec.error_kind, "handler");
+    assert!(rec.error.contains("write conflict"));
+    assert_eq!(rec.attempts, 4);
+    assert_eq!(rec.last_failure_ms - rec.first_failure_ms, 15_000);
+    assert_eq!(rec.payload_text.as_deref(), Some("{\"n\":1}"));
+    assert!(rec.origin_message_id.is_some());
+    let props = mem.topic_messages("in_dlq")[0].properties.clone();
+    assert_eq!(props.get("REAL_TOPIC").map(String::as_str), Some("in"));
+    assert_eq!(props.get("RECONSUMETIMES").map(String::as_str), Some("4"));
+    assert!(props.contains_key("ORIGIN_MESSAGE_ID"));
+    common::settle().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let stats = mem.subscription_stats("in", "svc").unwrap();
+    assert_eq!(stats.backlog(), 0, "acked after the DLQ publish: {stats:?}");
+    let report = handle.shutdown().await;
+    assert_eq!(report.dead_lettered, 1);
+    assert_eq!(report.acked, 1);
+    assert_eq!(report.retried, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_dlq_exhausted_messages_are_nacked_never_acked() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc").max_retries(1).retry_delay(Duration::from_secs(1)).build().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let r2 = runs.clone();
+    let handle = bs
+        .spawn_consumer(spec, move |_m: Msg| {
+            r2.fetch_add(1, Ordering::SeqCst);
+            async { Err(HandlerError::retryable("nope")) }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", [1]).await;
+    until(Duration::from_secs(30), || runs.load(Ordering::SeqCst) >= 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = handle.shutdown_within(Duration::from_secs(1)).await;
+    assert_eq!(report.acked, 0, "never acked: {report:?}");
+    assert!(report.nacked >= 1);
+    let stats = mem.subscription_stats("in", "svc").unwrap();
+    assert_eq!(stats.backlog(), 1, "the message is still there to be redelivered: {stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn poison_goes_straight_to_the_dlq_with_reason_decode() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc").dlq_topic("in_dlq").build().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let r2 = runs.clone();
+    let handle = bs
+        .spawn_consumer(spec, move |_m: Msg| {
+            r2.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        })
+        .await
+        .unwrap();
+    mem.producer("in").await.unwrap().send(OutgoingMessage::new(b"{not json".to_vec())).await.unwrap();
+    until(Duration::from_secs(5), || mem.topic_payloads("in_dlq").len() == 1).await;
+    let rec: DeadLetterRecord = serde_json::from_slice(&mem.topic_payloads("in_dlq")[0]).unwrap();
+    assert_eq!(rec.reason, "decode");
+    assert_eq!(rec.error_kind, "decode");
+    assert_eq!(rec.attempts, 0);
+    assert_eq!(rec.payload_text.as_deref(), Some("{not json"));
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the handler never saw it");
+    handle.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_more_than_max_parallelism_handlers_in_flight() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc").max_parallelism(5).build().unwrap();
+    let now = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicU32::new(0));
+    let (n2, p2, d2) = (now.clone(), peak.clone(), done.clone());
+    let handle = bs
+        .spawn_consumer(spec, move |_m: Msg| {
+            let (n, p, d) = (n2.clone(), p2.clone(), d2.clone());
+            async move {
+                let cur = n.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(cur, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                d.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", 0..50).await;
+    until(Duration::from_secs(60), || done.load(Ordering::SeqCst) == 50).await;
+    assert_eq!(peak.load(Ordering::SeqCst), 5, "the bound is reached and never exceeded");
+    let report = handle.shutdown().await;
+    assert_eq!(report.max_in_flight, 5);
+    assert_eq!(report.acked, 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_is_a_failed_attempt_and_the_consumer_keeps_running() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc").max_retries(2).retry_delay(Duration::from_secs(1)).build().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let handle = bs
+        .spawn_consumer(spec, move |m: Msg| {
+            let first = {
+                let mut s = s2.lock().unwrap();
+                let first = !s.contains(&m.n);
+                s.push(m.n);
+                first
+            };
+            async move {
+                if m.n == 1 && first {
+                    panic!("handler bug");
+                }
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", [1, 2, 3]).await;
+    until(Duration::from_secs(10), || seen.lock().unwrap().len() == 4).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publish(&mem, "in", [4]).await;
+    until(Duration::from_secs(10), || seen.lock().unwrap().contains(&4)).await;
+    let report = handle.shutdown().await;
+    assert_eq!(report.panicked, 1);
+    assert_eq!(report.acked, 4);
+    assert!(bs.metrics().render().contains("pulsar_errors_total{kind=\"panic\",topic=\"in\"} 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_opens_after_five_connection_failures_pauses_then_probes_once_after_30s() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_parallelism(5)
+        .max_retries(10)
+        .retry_delay(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let (d2, c2) = (down.clone(), calls.clone());
+    let handle = bs
+        .spawn_consumer(spec, move |_m: Msg| {
+            c2.lock().unwrap().push(Instant::now());
+            let down = d2.load(Ordering::SeqCst);
+            async move {
+                if down {
+                    Err(HandlerError::connection("user store unreachable"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .unwrap();
+    let start = Instant::now();
+    publish(&mem, "in", 0..10).await;
+    until(Duration::from_secs(5), || calls.lock().unwrap().len() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let text = bs.metrics().render();
+    assert!(text.contains("circuit_breaker_state{breaker=\"consumer:in/svc\"} 2"), "{text}");
+    assert!(text.contains("circuit_breaker_failures{breaker=\"consumer:in/svc\"} 5"), "{text}");
+    assert_eq!(calls.lock().unwrap().len(), 5, "nothing invoked after the breaker opened");
+    // Open for 30 s: retries fall due after 1 s but must not run.
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(calls.lock().unwrap().len(), 5, "no invocation while open, retries not burned");
+    down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(990)).await;
+    let probe_time = {
+        let c = calls.lock().unwrap();
+        assert_eq!(c.len(), 6, "exactly one probe at the recovery timeout");
+        c[5]
+    };
+    assert!(probe_time - start >= Duration::from_secs(30));
+    until(Duration::from_secs(30), || calls.lock().unwrap().len() >= 15).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let report = handle.shutdown().await;
+    assert_eq!(report.acked, 10, "{report:?}");
+    let text = bs.metrics().render();
+    assert!(text.contains("circuit_breaker_state{breaker=\"consumer:in/svc\"} 0"), "{text}");
+    assert!(text.contains("from=\"open\",to=\"half_open\""));
+    assert!(text.contains("from=\"half_open\",to=\"closed\""));
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_lets_in_flight_finish_within_the_grace() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc").max_parallelism(2).build().unwrap();
+    let handle = bs
+        .spawn_consumer(spec, |_m: Msg| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", 0..6).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = handle.shutdown_within(Duration::from_secs(5)).await;
+    assert_eq!(report.acked, 2, "the two in flight finished and were acked: {report:?}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let stats = mem.subscription_stats("in", "svc").unwrap();
+    assert_eq!(stats.backlog(), 4, "the rest stays for redelivery: {stats:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_deadline_nacks_what_is_still_running_and_acks_nothing_unhandled() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc").max_parallelism(2).build().unwrap();
+    let handle = bs
+        .spawn_consumer(spec, |_m: Msg| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", 0..3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = handle.shutdown_within(Duration::from_secs(1)).await;
+    assert_eq!(report.acked, 0, "{report:?}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let stats = mem.subscription_stats("in", "svc").unwrap();
+    assert_eq!(stats.backlog(), 3, "{stats:?}");
+}
