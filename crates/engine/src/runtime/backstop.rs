@@ -10,6 +10,7 @@ use crate::core::{BreakerConfig, ConfigError, ErrorKind};
 
 use super::clock::Clock;
 use super::metrics::Metrics;
+use super::observer::Observer;
 
 pub(crate) struct Inner {
     pub(crate) broker: Arc<dyn Broker>,
@@ -18,6 +19,7 @@ pub(crate) struct Inner {
     pub(crate) breaker_defaults: BreakerConfig,
     pub(crate) producer_timeout: Duration,
     pub(crate) topic_prefix: String,
+    pub(crate) observer: Option<Arc<dyn Observer>>,
     producers: tokio::sync::Mutex<BTreeMap<String, Arc<dyn Producer>>>,
 }
 
@@ -53,6 +55,7 @@ pub struct BackstopBuilder {
     wall_ms: Option<u64>,
     producer_timeout: Duration,
     topic_prefix: String,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl BackstopBuilder {
@@ -94,6 +97,11 @@ impl BackstopBuilder {
         self.topic_prefix = prefix.into();
         self
     }
+    /// Shows every core action and event to `observer` (simulation oracles, tests).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
     /// Validates and builds. Must be called inside a tokio runtime (it starts the clock).
     pub fn build(self) -> Result<Backstop, ConfigError> {
         let base = self.breaker.unwrap_or_default();
@@ -125,6 +133,7 @@ impl BackstopBuilder {
                 breaker_defaults: b.build()?,
                 producer_timeout: self.producer_timeout,
                 topic_prefix: self.topic_prefix,
+                observer: self.observer,
                 producers: tokio::sync::Mutex::new(BTreeMap::new()),
             }),
         })
@@ -143,6 +152,7 @@ impl Backstop {
             wall_ms: None,
             producer_timeout: Duration::from_secs(10),
             topic_prefix: String::new(),
+            observer: None,
         }
     }
 

@@ -156,6 +156,7 @@ impl Backstop {
         let name = format!("{}/{}", spec.topic, spec.subscription);
         let driver = Driver {
             bs: self.clone(),
+            name: name.clone(),
             breaker_name: format!("consumer:{name}"),
             machine: ConsumerMachine::new(cfg),
             spec,
@@ -176,6 +177,7 @@ impl Backstop {
 
 struct Driver<M> {
     bs: Backstop,
+    name: String,
     spec: ConsumerSpec,
     breaker_name: String,
     machine: ConsumerMachine,
@@ -273,10 +275,16 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
             let mut progressed = false;
             while let Some(action) = self.machine.poll_action() {
                 progressed = true;
+                if let Some(o) = &self.bs.inner.observer {
+                    o.consumer_action(&self.name, self.bs.clock().now(), &action);
+                }
                 self.perform(action, credit, done_tx);
             }
             while let Some(ev) = self.machine.poll_event() {
                 progressed = true;
+                if let Some(o) = &self.bs.inner.observer {
+                    o.consumer_event(&self.name, self.bs.clock().now(), &ev);
+                }
                 self.record(ev);
             }
             if !progressed {

@@ -9,6 +9,7 @@
 //! | `task_cache` | one task per context for macro-generated tasks |
 //! | `task` | runs task calls through a [`ProducerMachine`](crate::core::ProducerMachine) |
 //! | `consumer` | runs one subscription through a [`ConsumerMachine`](crate::core::ConsumerMachine) |
+//! | `observer` | a hook that sees every core action and event (simulations, tests) |
 //! | `metrics` | the Prometheus families |
 //! | `server` | the `/metrics` HTTP endpoint |
 //! | `dlq` | the dead-letter record |
@@ -21,6 +22,7 @@ mod consumer;
 mod dlq;
 mod error;
 mod metrics;
+mod observer;
 mod server;
 mod spec;
 mod task;
@@ -32,6 +34,7 @@ pub use consumer::{ConsumerHandle, ConsumerReport, StartError};
 pub use dlq::DeadLetterRecord;
 pub use error::{DeadLetter, FailureReason, HandlerError, TaskError, TaskFailure};
 pub use metrics::Metrics;
+pub use observer::Observer;
 pub use server::{MetricsServer, DEFAULT_METRICS_ADDR};
 pub use spec::{ConsumerSpec, TaskSpec};
 pub use task::{Published, Task};

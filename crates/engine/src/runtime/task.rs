@@ -344,6 +344,9 @@ impl Task {
             let mut progressed = false;
             while let Some(action) = s.machine.poll_action() {
                 progressed = true;
+                if let Some(o) = &self.bs.inner.observer {
+                    o.producer_action(self.spec.topic(), now, &action);
+                }
                 let key = match action {
                     ProducerAction::RunBody { call, .. }
                     | ProducerAction::Publish { call, .. }
@@ -374,6 +377,9 @@ impl Task {
             }
             while let Some(ev) = s.machine.poll_event() {
                 progressed = true;
+                if let Some(o) = &self.bs.inner.observer {
+                    o.producer_event(self.spec.topic(), now, &ev);
+                }
                 self.record(&ev);
             }
             if !progressed {
