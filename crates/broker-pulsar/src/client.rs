@@ -1,0 +1,181 @@
+//! [`PulsarBroker`]: the pulsar client, its settings, and the per-topic producer cache.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backstop_engine::broker::{Broker, BrokerError, Producer, Subscription, SubscriptionSpec};
+use backstop_engine::core::ErrorKind;
+use pulsar::{
+    Authentication, ConnectionRetryOptions, OperationRetryOptions, Pulsar, TokioExecutor,
+};
+
+use crate::error::{broker_error, ConnectError};
+use crate::options::{validate_url, PulsarOptions};
+use crate::producer::PulsarProducer;
+use crate::subscription::PulsarSubscription;
+
+/// What producers and subscriptions share.
+pub(crate) struct ClientInner {
+    pub(crate) client: Pulsar<TokioExecutor>,
+    pub(crate) options: PulsarOptions,
+    pub(crate) url: String,
+}
+
+/// A connection to a Pulsar cluster, implementing the engine's [`Broker`].
+///
+/// - Producers are cached per topic (one pulsar producer per topic, shared by all callers) and
+///   never batch, so every message is its own broker entry and is acked on its own.
+/// - Every broker operation is bounded by [`PulsarOptions::operation_timeout`]; connection
+///   loss and timeouts come out as [`ErrorKind::Connection`] / [`ErrorKind::Timeout`].
+/// - After a broker restart, producers are re-created on the next send and subscriptions
+///   rebuild their consumer in the background.
+///
+/// ```no_run
+/// use backstop_engine::broker::{Broker, OutgoingMessage, SubscriptionSpec};
+/// use backstop_pulsar::{PulsarBroker, PulsarOptions};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let broker = PulsarBroker::connect("pulsar://127.0.0.1:6650", PulsarOptions::default()).await?;
+/// let producer = broker.producer("user_updates").await?;
+/// producer.send(OutgoingMessage::new(b"{}".to_vec()).with_key("42")).await?;
+/// let subscription = broker.subscribe(&SubscriptionSpec::new("user_updates", "user_service")).await?;
+/// let message = subscription.receive().await?;
+/// subscription.ack(&message.id).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PulsarBroker {
+    inner: Arc<ClientInner>,
+    producers: Arc<Mutex<HashMap<String, Arc<PulsarProducer>>>>,
+}
+
+impl std::fmt::Debug for PulsarBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PulsarBroker")
+            .field("url", &self.inner.url)
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl PulsarBroker {
+    /// Connects to `url` (`pulsar://host:port` or `pulsar+ssl://host:port`), waiting at most
+    /// [`PulsarOptions::connect_timeout`].
+    ///
+    /// Fails with [`ConnectError::Config`] for a bad URL or bad options (nothing attempted) and
+    /// [`ConnectError::Broker`] when the broker cannot be reached ([`ErrorKind::Connection`] or
+    /// [`ErrorKind::Timeout`]) or refuses the client.
+    pub async fn connect(url: &str, options: PulsarOptions) -> Result<PulsarBroker, ConnectError> {
+        validate_url(url)?;
+        options.validate()?;
+        let mut builder = Pulsar::builder(url, TokioExecutor)
+            .with_connection_retry_options(ConnectionRetryOptions {
+                min_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(1),
+                // Few quick retries: the adapter's own loops (bounded by the operation timeout)
+                // and the consumer rebuild backoff do the rest, and never forever.
+                max_retries: 2,
+                connection_timeout: options.connect_timeout.min(options.operation_timeout),
+                keep_alive: options.keep_alive,
+                ..ConnectionRetryOptions::default()
+            })
+            .with_operation_retry_options(OperationRetryOptions {
+                operation_timeout: options.operation_timeout,
+                retry_delay: Duration::from_millis(100),
+                // No retries inside the crate: it would retry ConsumerBusy (a second exclusive
+                // consumer) and ServiceNotReady forever by default. The adapter retries
+                // transient errors itself, within the operation timeout.
+                max_retries: Some(0),
+            });
+        if let Some(token) = &options.auth_token {
+            builder = builder.with_auth(Authentication {
+                name: "token".to_string(),
+                data: token.clone().into_bytes(),
+            });
+        }
+        if let Some(pem) = &options.tls_ca_pem {
+            builder = builder.with_certificate_chain(pem.clone());
+        }
+        // Building is local (no shared connection manager yet), so cancelling it is safe.
+        let client = match tokio::time::timeout(options.connect_timeout, builder.build()).await {
+            Err(_) => {
+                return Err(ConnectError::Broker(BrokerError::timeout(format!(
+                    "connecting to {url}: no answer within {:?}",
+                    options.connect_timeout
+                ))))
+            }
+            Ok(Err(e)) => {
+                return Err(ConnectError::Broker(broker_error(
+                    &format!("connecting to {url}"),
+                    &e,
+                )))
+            }
+            Ok(Ok(client)) => client,
+        };
+        Ok(PulsarBroker {
+            inner: Arc::new(ClientInner {
+                client,
+                options,
+                url: url.to_string(),
+            }),
+            producers: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The service URL.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// The settings in use.
+    pub fn options(&self) -> &PulsarOptions {
+        &self.inner.options
+    }
+
+    /// The underlying pulsar crate client, for what the engine traits do not cover.
+    pub fn client(&self) -> &Pulsar<TokioExecutor> {
+        &self.inner.client
+    }
+
+    /// The cached producer for `topic` (created on first use), as its concrete type.
+    pub async fn pulsar_producer(&self, topic: &str) -> Result<Arc<PulsarProducer>, BrokerError> {
+        if topic.trim().is_empty() {
+            return Err(BrokerError::new(ErrorKind::Invalid, "empty topic name"));
+        }
+        let producer = {
+            let mut cache = self
+                .producers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            cache
+                .entry(topic.to_string())
+                .or_insert_with(|| Arc::new(PulsarProducer::new(self.inner.clone(), topic)))
+                .clone()
+        };
+        producer.ensure_ready().await?;
+        Ok(producer)
+    }
+
+    /// Subscribes, returning the concrete subscription type.
+    pub async fn pulsar_subscribe(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<PulsarSubscription, BrokerError> {
+        PulsarSubscription::start(self.inner.clone(), spec).await
+    }
+}
+
+#[async_trait]
+impl Broker for PulsarBroker {
+    async fn producer(&self, topic: &str) -> Result<Arc<dyn Producer>, BrokerError> {
+        Ok(self.pulsar_producer(topic).await?)
+    }
+
+    async fn subscribe(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<Arc<dyn Subscription>, BrokerError> {
+        Ok(Arc::new(self.pulsar_subscribe(spec).await?))
+    }
+}

@@ -1,0 +1,310 @@
+//! How the pulsar crate's errors map into backstop's [`ErrorKind`]s, and this crate's own
+//! errors.
+//!
+//! The rule: whatever means "the broker could not be reached or answered in time" becomes
+//! [`ErrorKind::Connection`] or [`ErrorKind::Timeout`] (retried, and counted by circuit
+//! breakers); what the broker refused for good (quota, permissions, busy exclusive
+//! subscription, fenced producer, too large) becomes [`ErrorKind::Rejected`]; broken
+//! configuration becomes [`ErrorKind::Fatal`].
+
+use std::io;
+
+use backstop_engine::broker::BrokerError;
+use backstop_engine::core::ErrorKind;
+use pulsar::error::{
+    AuthenticationError, ConnectionError, ConsumerError, ProducerError, ServiceDiscoveryError,
+};
+use pulsar::proto::ServerError;
+
+use crate::options::ConfigError;
+
+/// [`PulsarBroker::connect`](crate::PulsarBroker::connect) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL or the options are invalid; nothing was attempted.
+    #[error("invalid Pulsar configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The broker could not be reached (Connection / Timeout) or refused the client.
+    #[error("could not connect to Pulsar: {0}")]
+    Broker(#[from] BrokerError),
+}
+
+impl ConnectError {
+    /// The engine kind: [`ErrorKind::Fatal`] for configuration errors, else the broker error's.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ConnectError::Config(_) => ErrorKind::Fatal,
+            ConnectError::Broker(e) => e.kind(),
+        }
+    }
+}
+
+/// The engine kind of a pulsar crate error.
+///
+/// ```
+/// use backstop_engine::core::ErrorKind;
+/// use backstop_pulsar::error_kind;
+/// use pulsar::error::{ConnectionError, Error};
+/// assert_eq!(error_kind(&Error::Connection(ConnectionError::Disconnected)), ErrorKind::Connection);
+/// ```
+pub fn error_kind(error: &pulsar::Error) -> ErrorKind {
+    match error {
+        pulsar::Error::Connection(e) => connection_kind(e),
+        pulsar::Error::Consumer(e) => consumer_kind(e),
+        pulsar::Error::Producer(e) => producer_kind(e),
+        pulsar::Error::ServiceDiscovery(e) => discovery_kind(e),
+        pulsar::Error::Authentication(e) => authentication_kind(e),
+        // Used by the crate for "tx closed", "DLQ send error", lookups that found nothing: a
+        // fresh attempt may succeed.
+        pulsar::Error::Custom(_) => ErrorKind::Connection,
+        pulsar::Error::Executor => ErrorKind::Fatal,
+    }
+}
+
+/// The pulsar crate error as a [`BrokerError`], its message prefixed with what was being done.
+pub fn broker_error(context: &str, error: &pulsar::Error) -> BrokerError {
+    BrokerError::new(error_kind(error), format!("{context}: {error}"))
+}
+
+/// The engine kind of a connection-level error.
+pub fn connection_kind(error: &ConnectionError) -> ErrorKind {
+    match error {
+        ConnectionError::Io(e) => io_kind(e),
+        // The send queue is full: the broker does not keep up.
+        ConnectionError::SlowDown => ErrorKind::Timeout,
+        ConnectionError::Disconnected
+        | ConnectionError::Canceled
+        | ConnectionError::Shutdown
+        | ConnectionError::Unexpected(_)
+        | ConnectionError::UnexpectedResponse(_)
+        | ConnectionError::Decoding(_)
+        | ConnectionError::SocketAddr(_) => ErrorKind::Connection,
+        ConnectionError::PulsarError(Some(server), _) => server_kind(*server),
+        ConnectionError::PulsarError(None, _) => ErrorKind::Connection,
+        // A message that cannot be encoded will not encode next time either.
+        ConnectionError::Encoding(_) => ErrorKind::Rejected,
+        ConnectionError::Authentication(e) => authentication_kind(e),
+        // TLS and host name problems are configuration, not weather.
+        ConnectionError::Tls(_) | ConnectionError::DnsName(_) | ConnectionError::NotFound => {
+            ErrorKind::Fatal
+        }
+    }
+}
+
+fn io_kind(error: &io::Error) -> ErrorKind {
+    match error.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+        _ => ErrorKind::Connection,
+    }
+}
+
+fn authentication_kind(error: &AuthenticationError) -> ErrorKind {
+    match error {
+        AuthenticationError::Retriable(_) => ErrorKind::Connection,
+        AuthenticationError::Custom(_) => ErrorKind::Rejected,
+    }
+}
+
+fn consumer_kind(error: &ConsumerError) -> ErrorKind {
+    match error {
+        ConsumerError::Connection(e) => connection_kind(e),
+        // Decompression failed or the payload is missing: the message itself is bad.
+        ConsumerError::MissingPayload(_) | ConsumerError::Io(_) => ErrorKind::Decode,
+        ConsumerError::ChannelFull => ErrorKind::Timeout,
+        // The consumer engine stopped (its connection died): a new consumer will work.
+        ConsumerError::Closed => ErrorKind::Connection,
+        ConsumerError::BuildError => ErrorKind::Fatal,
+    }
+}
+
+fn producer_kind(error: &ProducerError) -> ErrorKind {
+    match error {
+        ProducerError::Connection(e) => connection_kind(e),
+        // "producer unexpectedly disconnected", "could not re-create the producer": transient
+        // unless proven otherwise.
+        ProducerError::Custom(_) => ErrorKind::Connection,
+        // Compression failed.
+        ProducerError::Io(_) => ErrorKind::Rejected,
+        ProducerError::PartialSend(parts) => parts
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .map(error_kind)
+            .unwrap_or(ErrorKind::Connection),
+        ProducerError::Batch(e) => error_kind(e),
+        ProducerError::Fenced => ErrorKind::Rejected,
+        // Closed or dropped under us: a re-created producer will work.
+        ProducerError::Closed => ErrorKind::Connection,
+    }
+}
+
+fn discovery_kind(error: &ServiceDiscoveryError) -> ErrorKind {
+    match error {
+        ServiceDiscoveryError::Connection(e) => connection_kind(e),
+        ServiceDiscoveryError::Query(Some(server), _) => server_kind(*server),
+        ServiceDiscoveryError::Query(None, _) => ErrorKind::Connection,
+        ServiceDiscoveryError::NotFound => ErrorKind::Rejected,
+        ServiceDiscoveryError::DnsLookupError
+        | ServiceDiscoveryError::Canceled
+        | ServiceDiscoveryError::Shutdown
+        | ServiceDiscoveryError::Dummy => ErrorKind::Connection,
+    }
+}
+
+/// The engine kind of an error code the broker answered with.
+pub fn server_kind(error: ServerError) -> ErrorKind {
+    use ServerError as E;
+    match error {
+        // Transient on the broker side: topic loading, bookies down, metadata store hiccup.
+        E::ServiceNotReady
+        | E::MetadataError
+        | E::PersistenceError
+        | E::ChecksumError
+        | E::UnknownError => ErrorKind::Connection,
+        // Throttled.
+        E::TooManyRequests => ErrorKind::Timeout,
+        E::InvalidTopicName => ErrorKind::Invalid,
+        E::UnsupportedVersionError => ErrorKind::Fatal,
+        // Refused: quota, permissions, exclusivity, a topic or subscription that is not there.
+        E::AuthenticationError
+        | E::AuthorizationError
+        | E::ConsumerBusy
+        | E::ProducerBusy
+        | E::ProducerBlockedQuotaExceededError
+        | E::ProducerBlockedQuotaExceededException
+        | E::TopicNotFound
+        | E::SubscriptionNotFound
+        | E::ConsumerNotFound
+        | E::TopicTerminatedError
+        | E::IncompatibleSchema
+        | E::ConsumerAssignError
+        | E::NotAllowedError
+        | E::ProducerFenced
+        | E::TransactionCoordinatorNotFound
+        | E::InvalidTxnStatus
+        | E::TransactionConflict
+        | E::TransactionNotFound => ErrorKind::Rejected,
+    }
+}
+
+/// Whether the error says the connection (or the object on it) is gone, so that a cached
+/// producer or consumer should be dropped and built anew.
+pub(crate) fn needs_rebuild(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::Connection | ErrorKind::Timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn conn(e: ConnectionError) -> pulsar::Error {
+        pulsar::Error::Connection(e)
+    }
+
+    #[test]
+    fn connection_loss_and_timeouts_reach_the_breaker() {
+        let cases = [
+            conn(ConnectionError::Disconnected),
+            conn(ConnectionError::Shutdown),
+            conn(ConnectionError::Io(io::Error::from(
+                io::ErrorKind::ConnectionRefused,
+            ))),
+            conn(ConnectionError::Io(io::Error::from(
+                io::ErrorKind::ConnectionReset,
+            ))),
+            pulsar::Error::Consumer(ConsumerError::Connection(ConnectionError::Disconnected)),
+            pulsar::Error::Producer(ProducerError::Connection(ConnectionError::Disconnected)),
+            pulsar::Error::Producer(ProducerError::Closed),
+            pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Connection(
+                ConnectionError::Disconnected,
+            )),
+            conn(ConnectionError::PulsarError(
+                Some(ServerError::ServiceNotReady),
+                None,
+            )),
+            conn(ConnectionError::PulsarError(
+                Some(ServerError::PersistenceError),
+                None,
+            )),
+        ];
+        for e in &cases {
+            assert_eq!(error_kind(e), ErrorKind::Connection, "{e}");
+        }
+        let timeouts = [
+            conn(ConnectionError::Io(io::Error::from(
+                io::ErrorKind::TimedOut,
+            ))),
+            pulsar::Error::Producer(ProducerError::Connection(ConnectionError::Io(
+                io::Error::new(io::ErrorKind::TimedOut, "expired"),
+            ))),
+            conn(ConnectionError::SlowDown),
+            conn(ConnectionError::PulsarError(
+                Some(ServerError::TooManyRequests),
+                None,
+            )),
+        ];
+        for e in &timeouts {
+            assert_eq!(error_kind(e), ErrorKind::Timeout, "{e}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_rejected_and_not_retried() {
+        for server in [
+            ServerError::ProducerBlockedQuotaExceededError,
+            ServerError::ProducerBlockedQuotaExceededException,
+            ServerError::AuthorizationError,
+            ServerError::AuthenticationError,
+            ServerError::ConsumerBusy,
+            ServerError::ProducerFenced,
+            ServerError::TopicTerminatedError,
+        ] {
+            let e = conn(ConnectionError::PulsarError(
+                Some(server),
+                Some("no".into()),
+            ));
+            assert_eq!(error_kind(&e), ErrorKind::Rejected, "{server:?}");
+            assert!(!error_kind(&e).is_retryable());
+        }
+        assert_eq!(
+            error_kind(&pulsar::Error::Producer(ProducerError::Fenced)),
+            ErrorKind::Rejected
+        );
+        assert_eq!(
+            server_kind(ServerError::InvalidTopicName),
+            ErrorKind::Invalid
+        );
+    }
+
+    #[test]
+    fn nested_batch_and_partial_errors_use_the_inner_kind() {
+        let inner = Arc::new(conn(ConnectionError::Disconnected));
+        assert_eq!(
+            error_kind(&pulsar::Error::Producer(ProducerError::Batch(inner))),
+            ErrorKind::Connection
+        );
+        let partial = pulsar::Error::Producer(ProducerError::PartialSend(vec![Err(
+            pulsar::Error::Producer(ProducerError::Fenced),
+        )]));
+        assert_eq!(error_kind(&partial), ErrorKind::Rejected);
+    }
+
+    #[test]
+    fn decode_and_fatal() {
+        assert_eq!(
+            error_kind(&pulsar::Error::Consumer(ConsumerError::MissingPayload(
+                "x".into()
+            ))),
+            ErrorKind::Decode
+        );
+        assert_eq!(error_kind(&pulsar::Error::Executor), ErrorKind::Fatal);
+        assert_eq!(
+            error_kind(&conn(ConnectionError::NotFound)),
+            ErrorKind::Fatal
+        );
+        let e = broker_error("send to t", &conn(ConnectionError::Disconnected));
+        assert_eq!(e.kind(), ErrorKind::Connection);
+        assert!(e.message().starts_with("send to t: "));
+    }
+}

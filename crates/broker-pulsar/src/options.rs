@@ -1,0 +1,296 @@
+//! The adapter's settings, their defaults and their validation.
+
+use std::time::Duration;
+
+/// Where a new subscription starts reading. Only matters the first time a subscription name is
+/// used on a topic; afterwards the broker remembers its position.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum InitialPosition {
+    /// From the oldest message still in the topic (the default: nothing published before the
+    /// first consumer started is skipped).
+    #[default]
+    Earliest,
+    /// Only messages published after the subscription was created.
+    Latest,
+}
+
+/// Settings of a [`PulsarBroker`](crate::PulsarBroker). Start from [`PulsarOptions::default`]
+/// and change what you need with the `with_*` methods; [`PulsarOptions::validate`] runs on
+/// connect.
+///
+/// ```
+/// use std::time::Duration;
+/// use backstop_pulsar::PulsarOptions;
+/// let options = PulsarOptions::default()
+///     .with_operation_timeout(Duration::from_secs(5))
+///     .with_auth_token("eyJhbGciOi...");
+/// assert!(options.validate().is_ok());
+/// assert!(PulsarOptions::default().with_operation_timeout(Duration::ZERO).validate().is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PulsarOptions {
+    /// Time limit for establishing the first TCP + protocol connection (`connect`). Default 10 s.
+    pub connect_timeout: Duration,
+    /// Time limit for one broker operation: creating a producer, subscribing, one send (until
+    /// the broker's receipt), closing. The pulsar crate would otherwise retry some of these
+    /// forever. Default 10 s.
+    pub operation_timeout: Duration,
+    /// Ping interval on idle broker connections (detects dead peers). Default 30 s.
+    pub keep_alive: Duration,
+    /// How often a subscription that received nothing checks that its consumer is still alive
+    /// (and rebuilds it if not). Default 5 s.
+    pub health_check_interval: Duration,
+    /// First delay before rebuilding a consumer that died; doubles up to
+    /// [`PulsarOptions::reconnect_max_backoff`]. Default 100 ms.
+    pub reconnect_min_backoff: Duration,
+    /// Longest delay between consumer rebuild attempts. Default 5 s.
+    pub reconnect_max_backoff: Duration,
+    /// Messages the broker may push to one consumer ahead of `receive` (flow permits). Default
+    /// 1000, like the Java client.
+    pub receiver_queue_size: u32,
+    /// Largest payload a send accepts, in bytes; larger ones fail as Rejected without reaching
+    /// the broker (which would drop the connection). Default 5 MiB, the broker's default
+    /// `maxMessageSize`.
+    pub max_message_size: usize,
+    /// Where a new subscription starts. Default [`InitialPosition::Earliest`].
+    pub initial_position: InitialPosition,
+    /// A JWT for token authentication (`authenticationToken`), if the broker wants one.
+    pub auth_token: Option<String>,
+    /// PEM certificates to trust for `pulsar+ssl://` URLs, in addition to the web PKI roots.
+    pub tls_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PulsarOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PulsarOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("keep_alive", &self.keep_alive)
+            .field("health_check_interval", &self.health_check_interval)
+            .field("reconnect_min_backoff", &self.reconnect_min_backoff)
+            .field("reconnect_max_backoff", &self.reconnect_max_backoff)
+            .field("receiver_queue_size", &self.receiver_queue_size)
+            .field("max_message_size", &self.max_message_size)
+            .field("initial_position", &self.initial_position)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()))
+            .finish()
+    }
+}
+
+impl Default for PulsarOptions {
+    fn default() -> Self {
+        PulsarOptions {
+            connect_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(30),
+            health_check_interval: Duration::from_secs(5),
+            reconnect_min_backoff: Duration::from_millis(100),
+            reconnect_max_backoff: Duration::from_secs(5),
+            receiver_queue_size: 1000,
+            max_message_size: 5 * 1024 * 1024,
+            initial_position: InitialPosition::Earliest,
+            auth_token: None,
+            tls_ca_pem: None,
+        }
+    }
+}
+
+/// An invalid setting or URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A duration that must be positive is zero.
+    #[error("`{0}` must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// A count or size that must be positive is zero.
+    #[error("`{0}` must be greater than zero")]
+    Zero(&'static str),
+    /// `reconnect_min_backoff` is larger than `reconnect_max_backoff`.
+    #[error("`reconnect_min_backoff` ({min:?}) is larger than `reconnect_max_backoff` ({max:?})")]
+    BackoffOrder {
+        /// The minimum.
+        min: Duration,
+        /// The maximum.
+        max: Duration,
+    },
+    /// The service URL is not `pulsar://host[:port]` or `pulsar+ssl://host[:port]`.
+    #[error("invalid Pulsar service URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl PulsarOptions {
+    /// Sets [`PulsarOptions::connect_timeout`].
+    pub fn with_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+    /// Sets [`PulsarOptions::operation_timeout`].
+    pub fn with_operation_timeout(mut self, d: Duration) -> Self {
+        self.operation_timeout = d;
+        self
+    }
+    /// Sets [`PulsarOptions::keep_alive`].
+    pub fn with_keep_alive(mut self, d: Duration) -> Self {
+        self.keep_alive = d;
+        self
+    }
+    /// Sets [`PulsarOptions::health_check_interval`].
+    pub fn with_health_check_interval(mut self, d: Duration) -> Self {
+        self.health_check_interval = d;
+        self
+    }
+    /// Sets both reconnect backoff bounds.
+    pub fn with_reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect_min_backoff = min;
+        self.reconnect_max_backoff = max;
+        self
+    }
+    /// Sets [`PulsarOptions::receiver_queue_size`].
+    pub fn with_receiver_queue_size(mut self, n: u32) -> Self {
+        self.receiver_queue_size = n;
+        self
+    }
+    /// Sets [`PulsarOptions::max_message_size`].
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+    /// Sets [`PulsarOptions::initial_position`].
+    pub fn with_initial_position(mut self, p: InitialPosition) -> Self {
+        self.initial_position = p;
+        self
+    }
+    /// Sets [`PulsarOptions::auth_token`].
+    pub fn with_auth_token(mut self, token: impl Into<String>) -> Self {
+        self.auth_token = Some(token.into());
+        self
+    }
+    /// Sets [`PulsarOptions::tls_ca_pem`].
+    pub fn with_tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("operation_timeout", self.operation_timeout),
+            ("keep_alive", self.keep_alive),
+            ("health_check_interval", self.health_check_interval),
+            ("reconnect_min_backoff", self.reconnect_min_backoff),
+            ("reconnect_max_backoff", self.reconnect_max_backoff),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.reconnect_min_backoff > self.reconnect_max_backoff {
+            return Err(ConfigError::BackoffOrder {
+                min: self.reconnect_min_backoff,
+                max: self.reconnect_max_backoff,
+            });
+        }
+        if self.receiver_queue_size == 0 {
+            return Err(ConfigError::Zero("receiver_queue_size"));
+        }
+        if self.max_message_size == 0 {
+            return Err(ConfigError::Zero("max_message_size"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a service URL: `pulsar://host[:port]` or `pulsar+ssl://host[:port]`.
+///
+/// ```
+/// use backstop_pulsar::validate_url;
+/// assert!(validate_url("pulsar://127.0.0.1:6650").is_ok());
+/// assert!(validate_url("http://127.0.0.1:8080").is_err());
+/// ```
+pub fn validate_url(url: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: &str| ConfigError::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+    match parsed.scheme() {
+        "pulsar" | "pulsar+ssl" => {}
+        other => {
+            return Err(invalid(&format!(
+                "scheme `{other}` (expected pulsar:// or pulsar+ssl://)"
+            )))
+        }
+    }
+    match parsed.host_str() {
+        Some(h) if !h.is_empty() => {}
+        _ => return Err(invalid("no host")),
+    }
+    if parsed.path() != "" && parsed.path() != "/" {
+        return Err(invalid("a service URL has no path"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(PulsarOptions::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        assert_eq!(
+            PulsarOptions::default()
+                .with_connect_timeout(Duration::ZERO)
+                .validate(),
+            Err(ConfigError::ZeroDuration("connect_timeout"))
+        );
+        assert_eq!(
+            PulsarOptions::default()
+                .with_receiver_queue_size(0)
+                .validate(),
+            Err(ConfigError::Zero("receiver_queue_size"))
+        );
+        assert!(matches!(
+            PulsarOptions::default()
+                .with_reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1))
+                .validate(),
+            Err(ConfigError::BackoffOrder { .. })
+        ));
+    }
+
+    #[test]
+    fn urls() {
+        assert!(validate_url("pulsar://localhost").is_ok());
+        assert!(validate_url("pulsar+ssl://broker.example:6651").is_ok());
+        assert!(validate_url("pulsar://127.0.0.1:6650/").is_ok());
+        for bad in [
+            "",
+            "localhost:6650",
+            "http://x:1",
+            "pulsar://",
+            "pulsar://h:1/x",
+        ] {
+            assert!(validate_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let s = format!("{:?}", PulsarOptions::default().with_auth_token("secret"));
+        assert!(!s.contains("secret"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Shared helpers of the integration tests: where the broker is, connecting (failing loudly when
+//! it is not there), unique names, bounded waits.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backstop_engine::broker::{ReceivedMessage, Subscription};
+use backstop_pulsar::{PulsarBroker, PulsarOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The broker's service URL: `BACKSTOP_PULSAR_URL`, default `pulsar://127.0.0.1:6650`.
+pub fn url() -> String {
+    std::env::var("BACKSTOP_PULSAR_URL").unwrap_or_else(|_| "pulsar://127.0.0.1:6650".into())
+}
+
+/// The broker's admin URL: `BACKSTOP_PULSAR_ADMIN`, default `http://127.0.0.1:8080`.
+pub fn admin() -> String {
+    std::env::var("BACKSTOP_PULSAR_ADMIN").unwrap_or_else(|_| "http://127.0.0.1:8080".into())
+}
+
+/// Writes to the real stderr, past libtest's output capture, so it shows in every run.
+pub fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn how_to_start() -> String {
+    format!(
+        "Start one with `scripts/pulsar start` (it listens on pulsar://127.0.0.1:6650 and \
+         http://127.0.0.1:8080), or point BACKSTOP_PULSAR_URL (now {}) and BACKSTOP_PULSAR_ADMIN \
+         (now {}) at a running broker. These tests never skip.",
+        url(),
+        admin()
+    )
+}
+
+/// Options for tests: short timeouts so failures show quickly.
+pub fn test_options() -> PulsarOptions {
+    PulsarOptions::default()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_operation_timeout(Duration::from_secs(10))
+}
+
+/// Connects, or panics naming the URL and how to start a broker.
+pub async fn connect() -> PulsarBroker {
+    connect_with(test_options()).await
+}
+
+/// Connects with `options`, or panics naming the URL and how to start a broker.
+pub async fn connect_with(options: PulsarOptions) -> PulsarBroker {
+    let url = url();
+    let broker = match PulsarBroker::connect(&url, options).await {
+        Ok(b) => b,
+        Err(e) => panic!(
+            "\n\n*** Pulsar broker NOT reachable at {url}: {e}\n*** {}\n\n",
+            how_to_start()
+        ),
+    };
+    print_version_once().await;
+    broker
+}
+
+static VERSION: OnceLock<String> = OnceLock::new();
+
+/// Prints the broker version (admin API) once per test binary.
+pub async fn print_version_once() {
+    if VERSION.get().is_some() {
+        return;
+    }
+    let version = match http_get(&admin(), "/admin/v2/brokers/version").await {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "\n\n*** Pulsar admin API NOT reachable at {}: {e}\n*** {}\n\n",
+            admin(),
+            how_to_start()
+        ),
+    };
+    if VERSION.set(version.clone()).is_ok() {
+        say(&format!(
+            "backstop-pulsar tests: Apache Pulsar {version} at {} (admin {})",
+            url(),
+            admin()
+        ));
+    }
+}
+
+/// A tiny HTTP/1.0 GET (loopback admin API only): returns the body of a 200 answer.
+pub async fn http_get(base: &str, path: &str) -> Result<String, String> {
+    let hostport = base
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("admin URL `{base}` is not http://"))?
+        .trim_end_matches('/');
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(hostport)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| "malformed HTTP answer".to_string())?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(format!(
+                "HTTP answer: {}",
+                head.lines().next().unwrap_or("")
+            ));
+        }
+        Ok(body.trim().to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .map_err(|_| "no answer within 5 s".to_string())?
+}
+
+/// A name no other test run uses (topics persist in the broker).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "bp-{prefix}-{nanos}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The next delivery within `within`, panicking otherwise.
+pub async fn recv(sub: &dyn Subscription, within: Duration) -> ReceivedMessage {
+    match tokio::time::timeout(within, sub.receive()).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => panic!("receive failed: {e}"),
+        Err(_) => panic!("no message within {within:?}"),
+    }
+}
+
+/// Asserts nothing is delivered within `within`.
+pub async fn assert_silent(sub: &dyn Subscription, within: Duration) {
+    if let Ok(r) = tokio::time::timeout(within, sub.receive()).await {
+        panic!("expected no delivery, got {r:?}");
+    }
+}
+
+/// Runs a test body with an overall time limit.
+pub async fn bounded<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"));
+}
