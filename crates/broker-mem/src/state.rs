@@ -1,0 +1,687 @@
+//! The broker's state as plain data: topic logs, subscriptions and who holds which delivery.
+//! Everything here is synchronous and takes the current time as an argument; the async layer
+//! in [`crate::broker`] locks it, applies faults and waits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop_engine::broker::{
+    BrokerError, MessageId, OutgoingMessage, ReceivedMessage, SubscriptionSpec, SubscriptionType,
+};
+use backstop_engine::core::ErrorKind;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::faults::FaultState;
+use crate::id;
+use crate::inspect::{Counters, SubscriptionStats};
+
+/// Where a new subscription starts reading its topic.
+///
+/// ```
+/// use backstop_mem::{InitialPosition, MemBroker, MemConfig};
+/// let broker = MemBroker::with_config(MemConfig { initial_position: InitialPosition::Earliest });
+/// # let _ = broker;
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum InitialPosition {
+    /// Only messages published after the subscription was created (Pulsar's default).
+    #[default]
+    Latest,
+    /// Every message the topic holds, from the first one.
+    Earliest,
+}
+
+/// How a [`crate::MemBroker`] behaves.
+#[derive(Clone, Debug, Default)]
+pub struct MemConfig {
+    /// Where a subscription created by its first `subscribe` starts reading.
+    pub initial_position: InitialPosition,
+}
+
+/// One stored message of a topic's log.
+#[derive(Clone, Debug)]
+pub(crate) struct Stored {
+    pub(crate) payload: Vec<u8>,
+    pub(crate) key: Option<String>,
+    pub(crate) properties: BTreeMap<String, String>,
+}
+
+/// A topic: its number (part of every message id), its append-only log and its subscriptions.
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) index: u32,
+    pub(crate) log: Vec<Stored>,
+    pub(crate) subs: BTreeMap<String, Sub>,
+}
+
+/// Per-subscription counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SubCounters {
+    pub(crate) delivered: u64,
+    pub(crate) redelivered: u64,
+    pub(crate) acks: u64,
+    pub(crate) nacks: u64,
+    pub(crate) redundant_acks: u64,
+    pub(crate) rejected_acks: u64,
+}
+
+/// A durable subscription: which messages are waiting, which are out with which consumer, and
+/// which are acknowledged. Positions are indexes into the topic's log.
+#[derive(Debug)]
+pub(crate) struct Sub {
+    pub(crate) kind: SubscriptionType,
+    pub(crate) nack_delay: Duration,
+    /// Woken on every change a waiting `receive` may care about.
+    pub(crate) notify: Arc<Notify>,
+    /// Open consumers, in subscribe order (ids grow).
+    pub(crate) consumers: BTreeSet<u64>,
+    /// Ready to be delivered, oldest first.
+    pub(crate) available: BTreeSet<u64>,
+    /// Negatively acknowledged, ready again at the instant.
+    pub(crate) delayed: BTreeSet<(Instant, u64)>,
+    /// Out with a consumer: position → consumer id.
+    pub(crate) unacked: BTreeMap<u64, u64>,
+    /// How often each not-yet-acknowledged position was delivered.
+    pub(crate) deliveries: BTreeMap<u64, u32>,
+    /// The first position of the topic this subscription covers.
+    pub(crate) start: u64,
+    /// Every position in `start..acked_below` is acknowledged.
+    pub(crate) acked_below: u64,
+    /// Acknowledged positions at or above `acked_below`.
+    pub(crate) acked_above: BTreeSet<u64>,
+    /// Key_Shared: which consumer holds unacknowledged messages of a key, and how many.
+    pub(crate) key_holders: BTreeMap<String, (u64, usize)>,
+    pub(crate) counters: SubCounters,
+}
+
+impl Sub {
+    fn new(spec: &SubscriptionSpec, start: u64, log_len: u64) -> Sub {
+        Sub {
+            kind: spec.kind,
+            nack_delay: spec.nack_redelivery_delay,
+            notify: Arc::new(Notify::new()),
+            consumers: BTreeSet::new(),
+            available: (start..log_len).collect(),
+            delayed: BTreeSet::new(),
+            unacked: BTreeMap::new(),
+            deliveries: BTreeMap::new(),
+            start,
+            acked_below: start,
+            acked_above: BTreeSet::new(),
+            key_holders: BTreeMap::new(),
+            counters: SubCounters::default(),
+        }
+    }
+
+    pub(crate) fn is_acked(&self, seq: u64) -> bool {
+        (self.start..self.acked_below).contains(&seq) || self.acked_above.contains(&seq)
+    }
+
+    fn mark_acked(&mut self, seq: u64) {
+        self.acked_above.insert(seq);
+        while self.acked_above.remove(&self.acked_below) {
+            self.acked_below += 1;
+        }
+    }
+
+    /// Moves nacked messages whose delay is over back to `available`.
+    fn promote_due(&mut self, now: Instant) {
+        while let Some(&(at, seq)) = self.delayed.first() {
+            if at > now {
+                break;
+            }
+            self.delayed.pop_first();
+            self.available.insert(seq);
+        }
+    }
+
+    /// When the earliest nacked message becomes available again.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.delayed.first().map(|(at, _)| *at)
+    }
+
+    fn key_of(log: &[Stored], seq: u64) -> &str {
+        log[seq as usize].key.as_deref().unwrap_or("")
+    }
+
+    /// Key_Shared: the consumer a key belongs to among the open consumers.
+    fn key_owner(&self, key: &str) -> Option<u64> {
+        let n = self.consumers.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        self.consumers.iter().nth((fnv1a(key.as_bytes()) % n) as usize).copied()
+    }
+
+    /// The next position `consumer` may be given, if any.
+    fn pick(&self, consumer: u64, log: &[Stored]) -> Option<u64> {
+        match self.kind {
+            SubscriptionType::Shared | SubscriptionType::Exclusive => {
+                self.available.first().copied()
+            }
+            SubscriptionType::Failover => {
+                if self.consumers.first() == Some(&consumer) {
+                    self.available.first().copied()
+                } else {
+                    None
+                }
+            }
+            SubscriptionType::KeyShared => self.available.iter().copied().find(|&seq| {
+                let key = Self::key_of(log, seq);
+                let held_elsewhere = self
+                    .key_holders
+                    .get(key)
+                    .is_some_and(|(holder, _)| *holder != consumer);
+                !held_elsewhere && self.key_owner(key) == Some(consumer)
+            }),
+        }
+    }
+
+    fn hold_key(&mut self, log: &[Stored], seq: u64, consumer: u64) {
+        if self.kind == SubscriptionType::KeyShared {
+            let key = Self::key_of(log, seq).to_owned();
+            self.key_holders.entry(key).or_insert((consumer, 0)).1 += 1;
+        }
+    }
+
+    fn release_key(&mut self, log: &[Stored], seq: u64) {
+        if self.kind == SubscriptionType::KeyShared {
+            let key = Self::key_of(log, seq);
+            if let Some(entry) = self.key_holders.get_mut(key) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.key_holders.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Takes a delivery away from its consumer and makes it available again at once.
+    fn return_delivery(&mut self, log: &[Stored], seq: u64) {
+        self.unacked.remove(&seq);
+        self.release_key(log, seq);
+        self.available.insert(seq);
+    }
+
+    /// Returns every delivery `consumer` holds; the positions returned.
+    fn return_all_of(&mut self, log: &[Stored], consumer: u64) -> Vec<u64> {
+        let held: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, c)| **c == consumer)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for &seq in &held {
+            self.return_delivery(log, seq);
+        }
+        held
+    }
+
+    pub(crate) fn stats(&self) -> SubscriptionStats {
+        SubscriptionStats {
+            kind: self.kind,
+            consumers: self.consumers.len(),
+            available: self.available.len(),
+            delayed: self.delayed.len(),
+            unacked: self.unacked.len(),
+            acked: (self.acked_below - self.start) as usize + self.acked_above.len(),
+            delivered: self.counters.delivered,
+            redelivered: self.counters.redelivered,
+            acks: self.counters.acks,
+            nacks: self.counters.nacks,
+            redundant_acks: self.counters.redundant_acks,
+            rejected_acks: self.counters.rejected_acks,
+        }
+    }
+}
+
+/// The 64-bit FNV-1a hash: stable across platforms and Rust versions, unlike `std`'s hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The lifecycle of one consumer.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ConsumerStatus {
+    Open,
+    /// Closed by its owner: operations fail with Fatal.
+    Closed,
+    /// Closed by a dropped connection: operations fail with Connection.
+    Disconnected,
+}
+
+/// What the broker knows about a consumer handle.
+#[derive(Debug)]
+pub(crate) struct ConsumerInfo {
+    pub(crate) topic: String,
+    pub(crate) subscription: String,
+    pub(crate) status: ConsumerStatus,
+    /// Positions taken back from this consumer by a crash: a late ack or nack of one fails
+    /// with Connection rather than Invalid.
+    pub(crate) revoked: BTreeSet<u64>,
+}
+
+/// The whole broker.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) config: MemConfig,
+    pub(crate) topics: BTreeMap<String, Topic>,
+    /// Topic number → name.
+    pub(crate) topic_names: Vec<String>,
+    pub(crate) consumers: BTreeMap<u64, ConsumerInfo>,
+    next_consumer: u64,
+    pub(crate) faults: FaultState,
+    pub(crate) counters: Counters,
+}
+
+impl State {
+    pub(crate) fn new(config: MemConfig) -> State {
+        State {
+            config,
+            ..State::default()
+        }
+    }
+
+    /// The topic, created on first use.
+    pub(crate) fn topic_mut(&mut self, name: &str) -> &mut Topic {
+        if !self.topics.contains_key(name) {
+            let index = self.topic_names.len() as u32;
+            self.topic_names.push(name.to_owned());
+            self.topics.insert(
+                name.to_owned(),
+                Topic {
+                    index,
+                    log: Vec::new(),
+                    subs: BTreeMap::new(),
+                },
+            );
+        }
+        self.topics.get_mut(name).expect("inserted above")
+    }
+
+    /// Appends to the topic's log and makes the message available to every subscription.
+    pub(crate) fn publish(&mut self, topic: &str, message: OutgoingMessage) -> MessageId {
+        let t = self.topic_mut(topic);
+        let seq = t.log.len() as u64;
+        t.log.push(Stored {
+            payload: message.payload,
+            key: message.key,
+            properties: message.properties,
+        });
+        for sub in t.subs.values_mut() {
+            sub.available.insert(seq);
+            sub.notify.notify_waiters();
+        }
+        let index = t.index;
+        self.counters.published += 1;
+        id::encode(index, seq)
+    }
+
+    /// Adds a consumer, creating the subscription on first use.
+    pub(crate) fn subscribe(&mut self, spec: &SubscriptionSpec) -> Result<u64, BrokerError> {
+        let initial = self.config.initial_position;
+        let consumer = self.next_consumer + 1;
+        let t = self.topic_mut(&spec.topic);
+        let log_len = t.log.len() as u64;
+        let sub = t
+            .subs
+            .entry(spec.subscription.clone())
+            .or_insert_with(|| {
+                let start = match initial {
+                    InitialPosition::Latest => log_len,
+                    InitialPosition::Earliest => 0,
+                };
+                Sub::new(spec, start, log_len)
+            });
+        if !sub.consumers.is_empty() {
+            if sub.kind != spec.kind {
+                return Err(BrokerError::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "subscription `{}` on `{}` is {:?} and has consumers; cannot join as {:?}",
+                        spec.subscription, spec.topic, sub.kind, spec.kind
+                    ),
+                ));
+            }
+            if sub.kind == SubscriptionType::Exclusive {
+                return Err(BrokerError::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "exclusive subscription `{}` on `{}` already has a consumer",
+                        spec.subscription, spec.topic
+                    ),
+                ));
+            }
+        } else {
+            // A subscription without consumers takes the type and delay of whoever joins.
+            sub.kind = spec.kind;
+            sub.nack_delay = spec.nack_redelivery_delay;
+        }
+        sub.consumers.insert(consumer);
+        // Failover and Key_Shared assignments change with the consumer set.
+        sub.notify.notify_waiters();
+        self.next_consumer = consumer;
+        self.consumers.insert(
+            consumer,
+            ConsumerInfo {
+                topic: spec.topic.clone(),
+                subscription: spec.subscription.clone(),
+                status: ConsumerStatus::Open,
+                revoked: BTreeSet::new(),
+            },
+        );
+        self.counters.subscribes += 1;
+        Ok(consumer)
+    }
+
+    /// Fails unless the consumer is open.
+    pub(crate) fn check_open(&self, consumer: u64) -> Result<(), BrokerError> {
+        match self.consumers.get(&consumer).map(|c| c.status) {
+            Some(ConsumerStatus::Open) => Ok(()),
+            Some(ConsumerStatus::Disconnected) => Err(BrokerError::connection(
+                "consumer lost its connection to the broker; subscribe again",
+            )),
+            Some(ConsumerStatus::Closed) | None => {
+                Err(BrokerError::new(ErrorKind::Fatal, "consumer is closed"))
+            }
+        }
+    }
+
+    /// The topic and subscription of an open-or-not consumer.
+    fn parts_mut(&mut self, consumer: u64) -> (&mut ConsumerInfo, &mut Topic) {
+        let info = self.consumers.get_mut(&consumer).expect("known consumer");
+        let topic = self.topics.get_mut(&info.topic).expect("consumer's topic");
+        (info, topic)
+    }
+
+    /// The subscription's notifier, for a consumer to wait on.
+    pub(crate) fn notifier(&self, consumer: u64) -> Arc<Notify> {
+        let info = &self.consumers[&consumer];
+        self.topics[&info.topic].subs[&info.subscription]
+            .notify
+            .clone()
+    }
+
+    /// Gives the consumer its next delivery, if one is ready; otherwise when to look again
+    /// (the earliest nack delay running out), if ever.
+    pub(crate) fn take(
+        &mut self,
+        consumer: u64,
+        now: Instant,
+    ) -> Result<ReceivedMessage, Option<Instant>> {
+        let (info, topic) = self.parts_mut(consumer);
+        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        sub.promote_due(now);
+        let Some(seq) = sub.pick(consumer, &topic.log) else {
+            return Err(sub.next_due());
+        };
+        sub.available.remove(&seq);
+        sub.unacked.insert(seq, consumer);
+        sub.hold_key(&topic.log, seq, consumer);
+        let count = sub.deliveries.entry(seq).or_insert(0);
+        let redelivery_count = *count;
+        *count += 1;
+        sub.counters.delivered += 1;
+        if redelivery_count > 0 {
+            sub.counters.redelivered += 1;
+        }
+        info.revoked.remove(&seq);
+        let stored = &topic.log[seq as usize];
+        let message = ReceivedMessage {
+            id: id::encode(topic.index, seq),
+            topic: info.topic.clone(),
+            payload: stored.payload.clone(),
+            key: stored.key.clone(),
+            properties: stored.properties.clone(),
+            redelivery_count,
+        };
+        self.counters.delivered += 1;
+        if redelivery_count > 0 {
+            self.counters.redelivered += 1;
+        }
+        Ok(message)
+    }
+
+    /// Checks that `id` is a delivery this consumer holds; returns its position.
+    ///
+    /// `Ok(None)` means it was acknowledged already (a no-op for ack and nack).
+    fn held(&mut self, consumer: u64, id: &MessageId) -> Result<Option<u64>, BrokerError> {
+        let (topic_index, seq) = id::decode(id)?;
+        let (info, topic) = self.parts_mut(consumer);
+        if topic_index != topic.index {
+            return Err(BrokerError::new(
+                ErrorKind::Invalid,
+                format!("message id {id} belongs to another topic than `{}`", info.topic),
+            ));
+        }
+        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        if sub.unacked.get(&seq) == Some(&consumer) {
+            return Ok(Some(seq));
+        }
+        if info.revoked.remove(&seq) {
+            return Err(BrokerError::connection(format!(
+                "delivery {id} was lost when the broker restarted; it will be redelivered"
+            )));
+        }
+        if sub.is_acked(seq) {
+            sub.counters.redundant_acks += 1;
+            self.counters.redundant_acks += 1;
+            return Ok(None);
+        }
+        sub.counters.rejected_acks += 1;
+        self.counters.rejected_acks += 1;
+        Err(BrokerError::new(
+            ErrorKind::Invalid,
+            format!("message {id} is not an unacknowledged delivery of this consumer"),
+        ))
+    }
+
+    /// Acknowledges a delivery the consumer holds.
+    pub(crate) fn ack(&mut self, consumer: u64, id: &MessageId) -> Result<(), BrokerError> {
+        let Some(seq) = self.held(consumer, id)? else {
+            return Ok(());
+        };
+        let (info, topic) = self.parts_mut(consumer);
+        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        sub.unacked.remove(&seq);
+        sub.release_key(&topic.log, seq);
+        sub.deliveries.remove(&seq);
+        sub.mark_acked(seq);
+        sub.counters.acks += 1;
+        self.counters.acks += 1;
+        Ok(())
+    }
+
+    /// Negatively acknowledges a delivery: available again after the subscription's delay.
+    pub(crate) fn nack(
+        &mut self,
+        consumer: u64,
+        id: &MessageId,
+        now: Instant,
+    ) -> Result<(), BrokerError> {
+        let Some(seq) = self.held(consumer, id)? else {
+            return Ok(());
+        };
+        let (info, topic) = self.parts_mut(consumer);
+        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        sub.unacked.remove(&seq);
+        sub.release_key(&topic.log, seq);
+        if sub.nack_delay.is_zero() {
+            sub.available.insert(seq);
+        } else {
+            sub.delayed.insert((now + sub.nack_delay, seq));
+        }
+        sub.counters.nacks += 1;
+        sub.notify.notify_waiters();
+        self.counters.nacks += 1;
+        Ok(())
+    }
+
+    /// Removes a consumer (closed by its owner, or by a dropped connection) and returns its
+    /// deliveries to the subscription. Closing a closed consumer does nothing.
+    pub(crate) fn remove_consumer(&mut self, consumer: u64, status: ConsumerStatus) {
+        let (info, topic) = self.parts_mut(consumer);
+        if info.status != ConsumerStatus::Open {
+            return;
+        }
+        info.status = status;
+        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        sub.consumers.remove(&consumer);
+        sub.return_all_of(&topic.log, consumer);
+        sub.notify.notify_waiters();
+    }
+
+    /// A broker restart: every delivery returns to its subscription. Consumers stay open (as
+    /// clients that reconnect), but late acks of what they held fail with Connection.
+    pub(crate) fn crash(&mut self) {
+        let mut revoked: Vec<(u64, u64)> = Vec::new();
+        for topic in self.topics.values_mut() {
+            for sub in topic.subs.values_mut() {
+                let held: Vec<(u64, u64)> = sub.unacked.iter().map(|(s, c)| (*s, *c)).collect();
+                for (seq, consumer) in held {
+                    sub.return_delivery(&topic.log, seq);
+                    revoked.push((consumer, seq));
+                }
+            }
+        }
+        for (consumer, seq) in revoked {
+            if let Some(info) = self.consumers.get_mut(&consumer) {
+                info.revoked.insert(seq);
+            }
+        }
+        self.counters.crashes += 1;
+        self.notify_all();
+    }
+
+    /// Every open consumer loses its connection: it is closed by the broker (its deliveries
+    /// return) and its handle fails with Connection from now on.
+    pub(crate) fn disconnect_consumers(&mut self) {
+        let open: Vec<u64> = self
+            .consumers
+            .iter()
+            .filter(|(_, c)| c.status == ConsumerStatus::Open)
+            .map(|(id, _)| *id)
+            .collect();
+        for consumer in open {
+            self.remove_consumer(consumer, ConsumerStatus::Disconnected);
+        }
+        self.notify_all();
+    }
+
+    /// Wakes every waiting `receive` so it re-checks faults and its consumer's status.
+    pub(crate) fn notify_all(&self) {
+        for topic in self.topics.values() {
+            for sub in topic.subs.values() {
+                sub.notify.notify_waiters();
+            }
+        }
+    }
+
+    pub(crate) fn sub(&self, topic: &str, subscription: &str) -> Option<(&Topic, &Sub)> {
+        let t = self.topics.get(topic)?;
+        Some((t, t.subs.get(subscription)?))
+    }
+
+    /// The ids of the acknowledged messages of a subscription, in publish order.
+    pub(crate) fn acked_ids(&self, topic: &str, subscription: &str) -> Vec<MessageId> {
+        let Some((t, sub)) = self.sub(topic, subscription) else {
+            return Vec::new();
+        };
+        (sub.start..sub.acked_below)
+            .chain(sub.acked_above.iter().copied())
+            .map(|seq| id::encode(t.index, seq))
+            .collect()
+    }
+
+    /// Every message of a topic, as a subscriber would see it on first delivery.
+    pub(crate) fn topic_messages(&self, topic: &str) -> Vec<ReceivedMessage> {
+        let Some(t) = self.topics.get(topic) else {
+            return Vec::new();
+        };
+        t.log
+            .iter()
+            .enumerate()
+            .map(|(seq, m)| ReceivedMessage {
+                id: id::encode(t.index, seq as u64),
+                topic: topic.to_owned(),
+                payload: m.payload.clone(),
+                key: m.key.clone(),
+                properties: m.properties.clone(),
+                redelivery_count: 0,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: SubscriptionType) -> SubscriptionSpec {
+        SubscriptionSpec::new("t", "s").with_type(kind)
+    }
+
+    #[test]
+    fn acked_watermark_compacts_contiguous_acks() {
+        let mut st = State::new(MemConfig::default());
+        let c = st.subscribe(&spec(SubscriptionType::Shared)).unwrap();
+        let ids: Vec<_> = (0..4)
+            .map(|i| st.publish("t", OutgoingMessage::new(vec![i])))
+            .collect();
+        let now = Instant::now();
+        for _ in 0..4 {
+            st.take(c, now).unwrap();
+        }
+        st.ack(c, &ids[2]).unwrap();
+        st.ack(c, &ids[0]).unwrap();
+        let (_, sub) = st.sub("t", "s").unwrap();
+        assert_eq!((sub.acked_below, sub.acked_above.len()), (1, 1));
+        st.ack(c, &ids[1]).unwrap();
+        let (_, sub) = st.sub("t", "s").unwrap();
+        assert_eq!((sub.acked_below, sub.acked_above.len()), (3, 0));
+        assert_eq!(st.acked_ids("t", "s"), ids[..3].to_vec());
+    }
+
+    #[test]
+    fn key_shared_keeps_a_key_on_one_consumer() {
+        let mut st = State::new(MemConfig::default());
+        let a = st.subscribe(&spec(SubscriptionType::KeyShared)).unwrap();
+        let b = st.subscribe(&spec(SubscriptionType::KeyShared)).unwrap();
+        for i in 0..40u8 {
+            st.publish(
+                "t",
+                OutgoingMessage::new(vec![i]).with_key(format!("k{}", i % 4)),
+            );
+        }
+        let now = Instant::now();
+        let mut owner: BTreeMap<String, u64> = BTreeMap::new();
+        let mut got = 0;
+        for c in [a, b, a, b].into_iter().cycle().take(200) {
+            if let Ok(m) = st.take(c, now) {
+                got += 1;
+                let prev = owner.insert(m.key.clone().unwrap(), c);
+                assert!(prev.is_none() || prev == Some(c), "key moved between consumers");
+                st.ack(c, &m.id).unwrap();
+            }
+        }
+        assert_eq!(got, 40);
+    }
+
+    #[test]
+    fn failover_serves_only_the_first_consumer() {
+        let mut st = State::new(MemConfig::default());
+        let a = st.subscribe(&spec(SubscriptionType::Failover)).unwrap();
+        let b = st.subscribe(&spec(SubscriptionType::Failover)).unwrap();
+        st.publish("t", OutgoingMessage::new("x"));
+        let now = Instant::now();
+        assert!(st.take(b, now).is_err());
+        let m = st.take(a, now).unwrap();
+        st.remove_consumer(a, ConsumerStatus::Closed);
+        let again = st.take(b, now).unwrap();
+        assert_eq!((again.id, again.redelivery_count), (m.id, 1));
+    }
+}

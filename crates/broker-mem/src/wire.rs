@@ -1,0 +1,337 @@
+//! The TCP protocol between [`crate::RemoteBroker`] and [`crate::Server`]: frames of a 4-byte
+//! big-endian length and a JSON body. Requests carry an id their response repeats, so calls
+//! multiplex over one connection; id 0 is for requests whose answer nobody awaits.
+//!
+//! | request | response |
+//! | --- | --- |
+//! | `ping` | `pong` |
+//! | `create_producer {topic}` | `producer {handle}` |
+//! | `send {producer, message}` | `sent {id}` (sends of one producer run in order) |
+//! | `subscribe {topic, subscription, kind, nack_delay_nanos}` | `subscribed {handle}` |
+//! | `receive {subscription}` | `message {..}` or `cancelled` |
+//! | `cancel {request}` | none; the receive `request` answers `cancelled` if it had no message yet |
+//! | `ack` / `nack {subscription, id}`, `close {subscription}` | `done` |
+//!
+//! Any request may be answered `error {kind, message}` with an [`ErrorKind`] label.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use backstop_engine::broker::{
+    BrokerError, MessageId, OutgoingMessage, ReceivedMessage, SubscriptionSpec, SubscriptionType,
+};
+use backstop_engine::core::ErrorKind;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Frames larger than this are refused (a corrupt or hostile length prefix).
+pub(crate) const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// A request from the client.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Request {
+    pub(crate) id: u64,
+    pub(crate) op: Req,
+}
+
+/// The operations a client can ask for.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Req {
+    Ping,
+    CreateProducer {
+        topic: String,
+    },
+    Send {
+        producer: u64,
+        message: WireOutgoing,
+    },
+    Subscribe {
+        topic: String,
+        subscription: String,
+        kind: String,
+        nack_delay_nanos: u64,
+    },
+    Receive {
+        subscription: u64,
+    },
+    Cancel {
+        request: u64,
+    },
+    Ack {
+        subscription: u64,
+        #[serde(with = "hex")]
+        id: Vec<u8>,
+    },
+    Nack {
+        subscription: u64,
+        #[serde(with = "hex")]
+        id: Vec<u8>,
+    },
+    Close {
+        subscription: u64,
+    },
+}
+
+impl Req {
+    /// The subscribe request for `spec`.
+    pub(crate) fn subscribe(spec: &SubscriptionSpec) -> Req {
+        Req::Subscribe {
+            topic: spec.topic.clone(),
+            subscription: spec.subscription.clone(),
+            kind: kind_label(spec.kind).to_owned(),
+            nack_delay_nanos: u64::try_from(spec.nack_redelivery_delay.as_nanos())
+                .unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// The label of a subscription type on the wire.
+pub(crate) fn kind_label(kind: SubscriptionType) -> &'static str {
+    match kind {
+        SubscriptionType::Shared => "shared",
+        SubscriptionType::Exclusive => "exclusive",
+        SubscriptionType::Failover => "failover",
+        SubscriptionType::KeyShared => "key_shared",
+    }
+}
+
+/// A response to the request with the same id.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Response {
+    pub(crate) id: u64,
+    pub(crate) result: Resp,
+}
+
+/// What a request produced.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Resp {
+    Pong,
+    Producer {
+        handle: u64,
+    },
+    Sent {
+        #[serde(with = "hex")]
+        id: Vec<u8>,
+    },
+    Subscribed {
+        handle: u64,
+    },
+    Message(WireReceived),
+    Cancelled,
+    Done,
+    Error {
+        kind: String,
+        message: String,
+    },
+}
+
+impl Resp {
+    /// The error response for `e`.
+    pub(crate) fn error(e: &BrokerError) -> Resp {
+        Resp::Error {
+            kind: e.kind().as_str().to_owned(),
+            message: e.message().to_owned(),
+        }
+    }
+
+    /// The error this response carries, if it is one.
+    pub(crate) fn into_result(self) -> Result<Resp, BrokerError> {
+        match self {
+            Resp::Error { kind, message } => {
+                let kind = kind.parse().unwrap_or(ErrorKind::Fatal);
+                Err(BrokerError::new(kind, message))
+            }
+            other => Ok(other),
+        }
+    }
+}
+
+/// [`OutgoingMessage`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireOutgoing {
+    #[serde(with = "hex")]
+    payload: Vec<u8>,
+    key: Option<String>,
+    properties: BTreeMap<String, String>,
+}
+
+impl From<OutgoingMessage> for WireOutgoing {
+    fn from(m: OutgoingMessage) -> Self {
+        WireOutgoing {
+            payload: m.payload,
+            key: m.key,
+            properties: m.properties,
+        }
+    }
+}
+
+impl From<WireOutgoing> for OutgoingMessage {
+    fn from(m: WireOutgoing) -> Self {
+        OutgoingMessage {
+            payload: m.payload,
+            key: m.key,
+            properties: m.properties,
+        }
+    }
+}
+
+/// [`ReceivedMessage`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireReceived {
+    #[serde(with = "hex")]
+    id: Vec<u8>,
+    topic: String,
+    #[serde(with = "hex")]
+    payload: Vec<u8>,
+    key: Option<String>,
+    properties: BTreeMap<String, String>,
+    redelivery_count: u32,
+}
+
+impl From<ReceivedMessage> for WireReceived {
+    fn from(m: ReceivedMessage) -> Self {
+        WireReceived {
+            id: m.id.0,
+            topic: m.topic,
+            payload: m.payload,
+            key: m.key,
+            properties: m.properties,
+            redelivery_count: m.redelivery_count,
+        }
+    }
+}
+
+impl From<WireReceived> for ReceivedMessage {
+    fn from(m: WireReceived) -> Self {
+        ReceivedMessage {
+            id: MessageId(m.id),
+            topic: m.topic,
+            payload: m.payload,
+            key: m.key,
+            properties: m.properties,
+            redelivery_count: m.redelivery_count,
+        }
+    }
+}
+
+/// Bytes as a lowercase hex string.
+mod hex {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::fmt::Write;
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            let _ = write!(out, "{b:02x}");
+        }
+        s.serialize_str(&out)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s.len() % 2 != 0 {
+            return Err(de::Error::custom("odd-length hex string"));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| {
+                s.get(i..i + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(|| de::Error::custom("invalid hex digit"))
+            })
+            .collect()
+    }
+}
+
+/// Serializes `value` as one frame (length prefix included).
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut frame = vec![0u8; 4];
+    serde_json::to_writer(&mut frame, value).expect("protocol types always serialize");
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    frame
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream between frames. Not cancel-safe: a
+/// frame half read is lost, so only cancel it when abandoning the stream.
+pub(crate) async fn read_frame<R, T>(reader: &mut R) -> io::Result<Option<T>>
+where
+    R: AsyncRead + Unpin,
+    T: serde::de::DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await?;
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Writes already encoded frames and flushes.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: &[u8],
+) -> io::Result<()> {
+    writer.write_all(frames).await?;
+    writer.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let message = ReceivedMessage {
+            id: MessageId(vec![0, 1, 0xff]),
+            topic: "t".into(),
+            payload: b"\x00payload\n".to_vec(),
+            key: Some("k".into()),
+            properties: [("a".to_string(), "b".to_string())].into(),
+            redelivery_count: 2,
+        };
+        let frame = encode(&Response {
+            id: 7,
+            result: Resp::Message(message.clone().into()),
+        });
+        let mut reader = &frame[..];
+        let back: Response = read_frame(&mut reader).await.unwrap().unwrap();
+        assert_eq!(back.id, 7);
+        match back.result {
+            Resp::Message(m) => assert_eq!(ReceivedMessage::from(m), message),
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut empty: &[u8] = &[];
+        assert!(read_frame::<_, Response>(&mut empty).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn oversized_and_garbage_frames_are_errors() {
+        let mut huge: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+        assert!(read_frame::<_, Response>(&mut huge).await.is_err());
+        let mut garbage: &[u8] = &[0, 0, 0, 3, b'x', b'y', b'z'];
+        assert!(read_frame::<_, Response>(&mut garbage).await.is_err());
+    }
+
+    #[test]
+    fn error_kinds_survive_the_wire() {
+        for kind in ErrorKind::ALL {
+            let e = BrokerError::new(kind, "m");
+            assert_eq!(Resp::error(&e).into_result().unwrap_err(), e);
+        }
+    }
+}
