@@ -304,6 +304,11 @@ impl CircuitBreaker {
         self.generation
     }
 
+    /// Whether `permit` was issued since the last transition, so its result would count.
+    pub fn is_current(&self, permit: Permit) -> bool {
+        self.current(permit)
+    }
+
     /// When the breaker next needs [`handle_timeout`](Self::handle_timeout): the end of the open
     /// period, or `None`.
     pub fn poll_timeout(&self) -> Option<Time> {

@@ -8,16 +8,33 @@
 //! [`ConsumerMachine::poll_event`] until they return `None`, performs the actions, and sleeps
 //! until [`ConsumerMachine::poll_timeout`], when it calls [`ConsumerMachine::handle_timeout`].
 //!
+//! After any `handle_*` call the machine is up to date with its `now`: due retries have become
+//! ready, an expired open breaker is half-open, and ready messages have been invoked as far as
+//! slots and the breaker allow. [`ConsumerMachine::handle_timeout`] is the input for when
+//! nothing else happens before [`ConsumerMachine::poll_timeout`].
+//!
 //! Guarantees (DESIGN.md §2 and §4):
 //! - never more than `max_parallelism` [`ConsumerAction::Invoke`] without a matching
 //!   [`ConsumerMachine::handle_finished`]; a message waiting for its retry holds no slot;
 //! - at most `max_retries + 1` attempts, each retry no earlier than its delay;
 //! - [`ConsumerAction::Ack`] only after a successful attempt or a confirmed DLQ publish;
 //! - exhausted or permanently failed messages go to the DLQ if there is one, else are nacked;
-//!   undecodable ones go straight to the DLQ with reason [`DlqReason::Decode`];
-//! - while the breaker is open nothing is invoked; half-open admits one probe;
-//! - shutdown nacks everything not in flight, lets in-flight work finish until the deadline, then
-//!   nacks the rest. Every delivery ends in exactly one terminal action (ack or nack).
+//!   undecodable ones go straight to the DLQ with reason [`DlqReason::Decode`] (or are nacked
+//!   when there is no DLQ); a failed DLQ publish is nacked;
+//! - the breaker counts handler failures of its counted kinds (Connection and Timeout by
+//!   default); when it opens the machine emits [`ConsumerAction::Pause`] and invokes nothing;
+//!   after the recovery timeout it is half-open and admits one probe; the probe's success closes
+//!   it ([`ConsumerAction::Resume`]), its failure re-opens it. Results of runs started before
+//!   the breaker's last transition do not move the breaker (they still count for the message);
+//! - credit: deliveries held plus [`ConsumerAction::Request`] credit not yet used never exceed
+//!   `max_held`; while closed the machine keeps it topped up, while half-open it asks for one
+//!   delivery for the probe if nothing is ready, while open or shutting down it grants none;
+//! - shutdown nacks everything not in flight at once, lets in-flight runs and DLQ publishes
+//!   finish until the deadline, then nacks the rest and reports [`ConsumerEvent::Drained`];
+//!   later results are ignored and [`ConsumerMachine::poll_timeout`] is `None`.
+//!
+//! Every delivery ends in exactly one terminal action (ack or nack). [`crate::core::oracle`]
+//! checks all of this from the outside.
 //!
 //! ```
 //! use backstop_engine::core::*;
@@ -205,7 +222,9 @@ pub enum NackReason {
 /// What the driver must do.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum ConsumerAction {
-    /// Pull up to `count` more deliveries from the broker.
+    /// Pull up to `count` more deliveries from the broker. Credit adds up and stays valid until
+    /// used, also while paused: each delivery passed to [`ConsumerMachine::handle_delivered`]
+    /// uses one.
     Request {
         /// How many.
         count: u32,
@@ -237,9 +256,11 @@ pub enum ConsumerAction {
         /// Record facts.
         info: DlqInfo,
     },
-    /// The breaker opened: stop pulling from the broker.
+    /// The breaker opened: no handler runs until it half-opens, and no new credit is granted
+    /// (credit already granted stays valid; deliveries made with it wait). Emitted once when the
+    /// breaker leaves closed, not again for half-open → open.
     Pause,
-    /// The breaker closed: pulling may resume.
+    /// The breaker closed again after a [`Pause`](Self::Pause): handlers run and credit flows.
     Resume,
 }
 
@@ -413,6 +434,16 @@ impl ConsumerMachine {
         self.is_shutting_down() && self.entries.len() == 0
     }
 
+    /// Pull credit requested and not yet used by a delivery.
+    pub fn credit(&self) -> u32 {
+        self.outstanding_credit
+    }
+
+    /// Whether a [`ConsumerAction::Pause`] is in force (no [`ConsumerAction::Resume`] since).
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// Attempts made so far for `key`, if it is held.
     pub fn attempts(&self, key: Key) -> Option<u32> {
         self.entries.get(key).map(|e| e.attempts)
@@ -421,6 +452,8 @@ impl ConsumerMachine {
     /// A delivery arrived. `decoded` is false for a payload that did not decode (poison), which
     /// goes straight to the DLQ. Returns the key the driver uses for this delivery.
     pub fn handle_delivered(&mut self, now: Time, decoded: bool) -> Key {
+        // Retries that came due before this delivery keep their place ahead of it.
+        self.fire_due_retries(now);
         self.outstanding_credit = self.outstanding_credit.saturating_sub(1);
         let key = self.entries.insert(Entry {
             stage: Stage::Ready,
@@ -446,6 +479,12 @@ impl ConsumerMachine {
     /// A handler run finished. Results for keys that are no longer in flight (abandoned at the
     /// shutdown deadline, or unknown) are ignored and return `false`.
     pub fn handle_finished(&mut self, now: Time, key: Key, result: Result<(), ErrorKind>) -> bool {
+        let known = self.finish(now, key, result);
+        self.pump(now);
+        known
+    }
+
+    fn finish(&mut self, now: Time, key: Key, result: Result<(), ErrorKind>) -> bool {
         let Some(entry) = self.entries.get_mut(key) else {
             return false;
         };
@@ -466,6 +505,8 @@ impl ConsumerMachine {
                 self.ack(key);
             }
             Err(kind) => {
+                entry.first_failure.get_or_insert(now);
+                entry.last_failure = now;
                 self.breaker.on_failure(now, permit, kind);
                 self.events.push_back(ConsumerEvent::Failed {
                     key,
@@ -473,33 +514,29 @@ impl ConsumerMachine {
                     kind,
                     latency,
                 });
-                let entry = self.entries.get_mut(key).expect("entry checked above");
-                entry.first_failure.get_or_insert(now);
-                entry.last_failure = now;
-                if self.cfg.retry.should_retry(attempt, kind) {
-                    if self.shutdown_deadline.is_some() {
-                        self.nack(key, NackReason::Shutdown);
-                    } else {
-                        let until = now + self.cfg.retry.delay_before_retry(attempt, key.as_u64());
-                        entry.stage = Stage::Waiting { until };
-                        self.timers.push(until, key);
-                        self.events.push_back(ConsumerEvent::RetryScheduled {
-                            key,
-                            next_attempt: attempt + 1,
-                            at: until,
-                        });
-                    }
-                } else {
+                if !self.cfg.retry.should_retry(attempt, kind) {
                     let reason = if kind.is_retryable() {
                         DlqReason::Exhausted
                     } else {
                         DlqReason::Permanent
                     };
                     self.fail_for_good(now, key, reason, kind);
+                } else if self.shutdown_deadline.is_some() {
+                    self.nack(key, NackReason::Shutdown);
+                } else {
+                    let until = now + self.cfg.retry.delay_before_retry(attempt, key.as_u64());
+                    if let Some(entry) = self.entries.get_mut(key) {
+                        entry.stage = Stage::Waiting { until };
+                    }
+                    self.timers.push(until, key);
+                    self.events.push_back(ConsumerEvent::RetryScheduled {
+                        key,
+                        next_attempt: attempt + 1,
+                        at: until,
+                    });
                 }
             }
         }
-        self.pump(now);
         true
     }
 
@@ -511,6 +548,12 @@ impl ConsumerMachine {
         key: Key,
         result: Result<(), ErrorKind>,
     ) -> bool {
+        let known = self.dlq_done(key, result);
+        self.pump(now);
+        known
+    }
+
+    fn dlq_done(&mut self, key: Key, result: Result<(), ErrorKind>) -> bool {
         let Some(Stage::DlqPending(info)) = self.entries.get(key).map(|e| e.stage) else {
             return false;
         };
@@ -520,9 +563,8 @@ impl ConsumerMachine {
                     .push_back(ConsumerEvent::DeadLettered { key, info });
                 #[cfg(feature = "planted-bugs")]
                 if crate::core::planted::active(crate::core::planted::Bug::AckBeforeDlqConfirmed) {
-                    // The planted bug already acked it at request time.
+                    // The planted bug already acked it when the publish was requested.
                     self.entries.remove(key);
-                    self.grant_credit();
                     self.check_drained();
                     return true;
                 }
@@ -534,7 +576,6 @@ impl ConsumerMachine {
                 self.nack(key, NackReason::DeadLetterFailed);
             }
         }
-        self.pump(now);
         true
     }
 
@@ -568,7 +609,8 @@ impl ConsumerMachine {
     }
 
     /// Fires everything due at `now`: retry timers, the breaker's recovery timeout, the shutdown
-    /// deadline.
+    /// deadline. (Every other `handle_*` call also fires what is due at its `now`; this is the
+    /// input for when nothing else happens.)
     pub fn handle_timeout(&mut self, now: Time) {
         if let Some(deadline) = self.shutdown_deadline {
             if now >= deadline {
@@ -585,18 +627,8 @@ impl ConsumerMachine {
                 self.ready.clear();
                 self.timers.clear();
                 self.check_drained();
-                return;
             }
         }
-        while let Some((at, key)) = self.timers.pop_due(now) {
-            if let Some(entry) = self.entries.get_mut(key) {
-                if entry.stage == (Stage::Waiting { until: at }) {
-                    entry.stage = Stage::Ready;
-                    self.ready.push_back(key);
-                }
-            }
-        }
-        self.breaker.handle_timeout(now);
         self.pump(now);
     }
 
@@ -633,7 +665,9 @@ impl ConsumerMachine {
             self.nack(key, NackReason::NoDeadLetter);
             return;
         }
-        let entry = self.entries.get_mut(key).expect("held");
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
         entry.first_failure.get_or_insert(now);
         entry.last_failure = now;
         let info = DlqInfo {
@@ -657,7 +691,6 @@ impl ConsumerMachine {
         self.entries.remove(key);
         self.actions.push_back(ConsumerAction::Ack { key });
         self.events.push_back(ConsumerEvent::Acked { key });
-        self.grant_credit();
         self.check_drained();
     }
 
@@ -667,7 +700,6 @@ impl ConsumerMachine {
         }
         self.actions.push_back(ConsumerAction::Nack { key, reason });
         self.events.push_back(ConsumerEvent::Nacked { key, reason });
-        self.grant_credit();
         self.check_drained();
     }
 
@@ -678,7 +710,7 @@ impl ConsumerMachine {
         }
     }
 
-    /// Turns breaker transitions into events and pause/resume actions, then re-grants credit.
+    /// Turns breaker transitions into events and pause/resume actions.
     fn drain_transitions(&mut self) {
         while let Some(t) = self.breaker.poll_transition() {
             self.events.push_back(ConsumerEvent::Breaker(t));
@@ -694,11 +726,28 @@ impl ConsumerMachine {
                 _ => {}
             }
         }
-        self.grant_credit();
     }
 
-    /// Invokes ready messages while slots and the breaker allow.
+    /// Moves messages whose retry time has come to the back of the ready queue, earliest first.
+    fn fire_due_retries(&mut self, now: Time) {
+        while let Some((at, key)) = self.timers.pop_due(now) {
+            if let Some(entry) = self.entries.get_mut(key) {
+                if entry.stage == (Stage::Waiting { until: at }) {
+                    entry.stage = Stage::Ready;
+                    self.ready.push_back(key);
+                }
+            }
+        }
+    }
+
+    /// Brings the machine up to `now` and moves work along; every input ends here. In order:
+    /// due retries become ready, the breaker's recovery timeout fires, breaker transitions are
+    /// reported (so a transition's event precedes the invocations it allows), ready messages are
+    /// invoked while slots and the breaker allow, and pull credit is topped up.
     fn pump(&mut self, now: Time) {
+        self.fire_due_retries(now);
+        self.breaker.handle_timeout(now);
+        self.drain_transitions();
         let limit = self.cfg.max_parallelism;
         #[cfg(feature = "planted-bugs")]
         let limit = if crate::core::planted::active(crate::core::planted::Bug::ParallelismOffByOne)
@@ -707,13 +756,19 @@ impl ConsumerMachine {
         } else {
             limit
         };
-        while self.in_flight < limit && !self.ready.is_empty() && self.shutdown_deadline.is_none() {
-            let permit = match self.breaker.try_acquire(now) {
-                Ok(p) => p,
-                Err(_) => break,
+        while self.in_flight < limit && self.shutdown_deadline.is_none() {
+            let Some(&key) = self.ready.front() else {
+                break;
             };
-            let key = self.ready.pop_front().expect("non-empty");
-            let entry = self.entries.get_mut(key).expect("ready keys are held");
+            let Ok(permit) = self.breaker.try_acquire(now) else {
+                break;
+            };
+            self.ready.pop_front();
+            let Some(entry) = self.entries.get_mut(key) else {
+                // Unreachable (ready keys are held); give the permit back rather than panic.
+                self.breaker.release(permit);
+                continue;
+            };
             entry.attempts += 1;
             entry.stage = Stage::InFlight {
                 permit,
@@ -729,11 +784,12 @@ impl ConsumerMachine {
                 probe: permit.is_probe(),
             });
         }
-        self.drain_transitions();
+        self.grant_credit();
     }
 
-    /// Grants pull credit up to `max_held`: freely while closed, one delivery for the probe
-    /// while half-open with nothing ready, none while open or shutting down.
+    /// Grants pull credit up to `max_held`: freely while closed; while half-open, one delivery
+    /// for the probe when nothing is ready, no probe is running and no credit is outstanding;
+    /// none while open or shutting down.
     fn grant_credit(&mut self) {
         if self.shutdown_deadline.is_some() {
             return;
@@ -742,7 +798,11 @@ impl ConsumerMachine {
         let room = self.cfg.max_held.saturating_sub(held);
         let grant = match self.breaker.state() {
             BreakerState::Closed => room,
-            BreakerState::HalfOpen if self.ready.is_empty() && self.outstanding_credit == 0 => {
+            BreakerState::HalfOpen
+                if self.ready.is_empty()
+                    && self.outstanding_credit == 0
+                    && self.breaker.probes_in_flight() < self.cfg.breaker.half_open_probes() =>
+            {
                 room.min(1)
             }
             _ => 0,
@@ -752,5 +812,831 @@ impl ConsumerMachine {
             self.actions
                 .push_back(ConsumerAction::Request { count: grant });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::retry::RetryPolicy;
+    use ConsumerAction::*;
+
+    fn ms(n: u64) -> Time {
+        Time::from_millis(n)
+    }
+
+    fn secs(n: u64) -> Time {
+        Time::from_secs(n)
+    }
+
+    /// A machine plus the events of its last step.
+    struct H {
+        m: ConsumerMachine,
+        events: Vec<ConsumerEvent>,
+    }
+
+    impl H {
+        fn new(cfg: ConsumerConfig) -> (H, Vec<ConsumerAction>) {
+            let mut h = H {
+                m: ConsumerMachine::new(cfg),
+                events: Vec::new(),
+            };
+            let a = h.drain();
+            (h, a)
+        }
+
+        /// Drains the step: returns its actions, keeps its events.
+        fn drain(&mut self) -> Vec<ConsumerAction> {
+            self.events = std::iter::from_fn(|| self.m.poll_event()).collect();
+            std::iter::from_fn(|| self.m.poll_action()).collect()
+        }
+
+        fn deliver(&mut self, now: Time) -> (Key, Vec<ConsumerAction>) {
+            let k = self.m.handle_delivered(now, true);
+            (k, self.drain())
+        }
+
+        fn poison(&mut self, now: Time) -> (Key, Vec<ConsumerAction>) {
+            let k = self.m.handle_delivered(now, false);
+            (k, self.drain())
+        }
+
+        fn finish(&mut self, now: Time, k: Key, r: Result<(), ErrorKind>) -> Vec<ConsumerAction> {
+            assert!(self.m.handle_finished(now, k, r), "result for {k} accepted");
+            self.drain()
+        }
+
+        fn dlq(&mut self, now: Time, k: Key, r: Result<(), ErrorKind>) -> Vec<ConsumerAction> {
+            assert!(self.m.handle_dlq_result(now, k, r));
+            self.drain()
+        }
+
+        fn timeout(&mut self, now: Time) -> Vec<ConsumerAction> {
+            self.m.handle_timeout(now);
+            self.drain()
+        }
+
+        fn transitions(&self) -> Vec<(BreakerState, BreakerState)> {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    ConsumerEvent::Breaker(t) => Some((t.from, t.to)),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn invokes(actions: &[ConsumerAction]) -> Vec<(Key, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Invoke { key, attempt } => Some((*key, *attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn terminal(actions: &[ConsumerAction]) -> Vec<ConsumerAction> {
+        actions
+            .iter()
+            .copied()
+            .filter(|a| matches!(a, Ack { .. } | Nack { .. }))
+            .collect()
+    }
+
+    fn retry(max_retries: u32, delay: Duration) -> RetryPolicy {
+        RetryPolicy::builder()
+            .max_retries(max_retries)
+            .retry_delay(delay)
+            .build()
+            .unwrap()
+    }
+
+    fn cfg(par: u32, max_retries: u32, delay_secs: u64, dlq: bool) -> ConsumerConfig {
+        ConsumerConfig::builder()
+            .max_parallelism(par)
+            .retry(retry(max_retries, Duration::from_secs(delay_secs)))
+            .dead_letter(dlq)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let c = ConsumerConfig::builder()
+            .max_parallelism(5)
+            .build()
+            .unwrap();
+        assert_eq!(c.max_held(), 20, "max_held defaults to 4 × max_parallelism");
+        assert!(!c.dead_letter());
+        let e = ConsumerConfig::builder()
+            .max_parallelism(4)
+            .max_held(3)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.setting(), "max_held");
+        let e = ConsumerConfig::builder()
+            .max_parallelism(10_001)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.setting(), "max_parallelism");
+    }
+
+    #[test]
+    fn success_is_acked_once_with_events_in_order() {
+        let (mut h, first) = H::new(cfg(1, 3, 5, false));
+        assert_eq!(first, vec![Request { count: 4 }]);
+        let (k, a) = h.deliver(ms(0));
+        assert_eq!(a, vec![Invoke { key: k, attempt: 1 }]);
+        let a = h.finish(ms(250), k, Ok(()));
+        assert_eq!(a, vec![Ack { key: k }, Request { count: 1 }]);
+        assert_eq!(
+            h.events,
+            vec![
+                ConsumerEvent::Succeeded {
+                    key: k,
+                    attempt: 1,
+                    latency: Duration::from_millis(250)
+                },
+                ConsumerEvent::Acked { key: k }
+            ]
+        );
+        assert_eq!(h.m.held(), 0);
+        assert_eq!(h.m.poll_timeout(), None);
+        // A late second result for the same delivery is ignored.
+        assert!(!h.m.handle_finished(ms(300), k, Ok(())));
+        assert!(h.drain().is_empty());
+    }
+
+    #[test]
+    fn exactly_max_retries_plus_one_attempts_then_nack_without_dlq() {
+        let (mut h, _) = H::new(cfg(1, 3, 5, false));
+        let (k, a) = h.deliver(secs(0));
+        assert_eq!(invokes(&a), vec![(k, 1)]);
+        let mut now = secs(0);
+        for attempt in 1..=4u32 {
+            now = now + Duration::from_secs(1);
+            let a = h.finish(now, k, Err(ErrorKind::Handler));
+            if attempt < 4 {
+                assert!(
+                    terminal(&a).is_empty(),
+                    "no ack/nack before the last attempt"
+                );
+                assert_eq!(h.m.attempts(k), Some(attempt));
+                let at = now + Duration::from_secs(5);
+                assert!(h.events.contains(&ConsumerEvent::RetryScheduled {
+                    key: k,
+                    next_attempt: attempt + 1,
+                    at
+                }));
+                now = at;
+                let a = h.timeout(now);
+                assert_eq!(invokes(&a), vec![(k, attempt + 1)]);
+            } else {
+                assert_eq!(
+                    terminal(&a),
+                    vec![Nack {
+                        key: k,
+                        reason: NackReason::NoDeadLetter
+                    }]
+                );
+                assert!(!a
+                    .iter()
+                    .any(|a| matches!(a, Ack { .. } | PublishDlq { .. })));
+            }
+        }
+        assert_eq!(h.m.held(), 0);
+        assert_eq!(h.m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn retry_waits_exactly_retry_delay() {
+        let (mut h, _) = H::new(cfg(1, 2, 5, false));
+        let (k, _) = h.deliver(ms(1_000));
+        let a = h.finish(ms(1_700), k, Err(ErrorKind::Timeout));
+        assert!(invokes(&a).is_empty());
+        assert_eq!(h.m.poll_timeout(), Some(ms(6_700)));
+        assert!(
+            invokes(&h.timeout(ms(6_699))).is_empty(),
+            "not a nanosecond early"
+        );
+        assert_eq!(h.m.poll_timeout(), Some(ms(6_700)));
+        assert_eq!(invokes(&h.timeout(ms(6_700))), vec![(k, 2)]);
+        let a = h.finish(ms(7_000), k, Err(ErrorKind::Connection));
+        assert!(invokes(&a).is_empty());
+        assert_eq!(h.m.poll_timeout(), Some(ms(12_000)));
+        assert_eq!(invokes(&h.timeout(ms(12_000))), vec![(k, 3)]);
+    }
+
+    #[test]
+    fn a_due_retry_also_runs_on_any_later_input() {
+        let (mut h, _) = H::new(cfg(2, 2, 5, false));
+        let (k, _) = h.deliver(secs(0));
+        h.finish(secs(0), k, Err(ErrorKind::Handler));
+        // The driver is late with the timeout; the next delivery brings the retry along.
+        let (k2, a) = h.deliver(secs(9));
+        assert_eq!(invokes(&a), vec![(k, 2), (k2, 1)]);
+    }
+
+    #[test]
+    fn exponential_backoff_with_jitter_spaces_retries_as_the_policy_says() {
+        let policy = RetryPolicy::builder()
+            .max_retries(4)
+            .retry_delay(Duration::from_secs(1))
+            .exponential(2, Duration::from_secs(5), 500)
+            .jitter_seed(7)
+            .build()
+            .unwrap();
+        let c = ConsumerConfig::builder().retry(policy).build().unwrap();
+        let (mut h, _) = H::new(c);
+        let (k, _) = h.deliver(secs(0));
+        let mut now = secs(0);
+        let full = [1u64, 2, 4, 5];
+        for (i, full) in full.iter().enumerate() {
+            let retry_no = i as u32 + 1;
+            h.finish(now, k, Err(ErrorKind::Timeout));
+            let wait = policy.delay_before_retry(retry_no, k.as_u64());
+            let full = Duration::from_secs(*full);
+            assert!(
+                wait <= full && wait >= full / 2,
+                "{wait:?} within jitter of {full:?}"
+            );
+            let due = now + wait;
+            assert_eq!(h.m.poll_timeout(), Some(due));
+            assert!(invokes(&h.timeout(Time::from_nanos(due.as_nanos() - 1))).is_empty());
+            assert_eq!(invokes(&h.timeout(due)), vec![(k, retry_no + 1)]);
+            now = due;
+        }
+    }
+
+    #[test]
+    fn a_waiting_retry_holds_no_parallelism_slot() {
+        let (mut h, _) = H::new(cfg(1, 3, 5, false));
+        let (a, x) = h.deliver(secs(0));
+        assert_eq!(invokes(&x), vec![(a, 1)]);
+        let (b, x) = h.deliver(secs(0));
+        assert!(invokes(&x).is_empty(), "parallelism 1: b waits for a slot");
+        let x = h.finish(secs(1), a, Err(ErrorKind::Handler));
+        assert_eq!(invokes(&x), vec![(b, 1)], "a's wait frees its slot for b");
+        assert_eq!(h.m.in_flight(), 1);
+        // a's retry is due at 6 s but b holds the only slot.
+        assert!(invokes(&h.timeout(secs(6))).is_empty());
+        let x = h.finish(secs(7), b, Ok(()));
+        assert_eq!(invokes(&x), vec![(a, 2)]);
+    }
+
+    #[test]
+    fn never_more_than_max_parallelism_invocations_outstanding() {
+        let (mut h, first) = H::new(cfg(3, 0, 1, false));
+        assert_eq!(first, vec![Request { count: 12 }]);
+        let mut running = Vec::new();
+        for _ in 0..10 {
+            let (_, a) = h.deliver(secs(0));
+            running.extend(invokes(&a).into_iter().map(|(k, _)| k));
+            assert!(running.len() <= 3);
+        }
+        assert_eq!(running.len(), 3);
+        assert_eq!(h.m.in_flight(), 3);
+        let done = running.remove(0);
+        let a = h.finish(secs(1), done, Ok(()));
+        assert_eq!(
+            invokes(&a).len(),
+            1,
+            "one finished, exactly one more starts"
+        );
+        assert_eq!(h.m.in_flight(), 3);
+    }
+
+    #[test]
+    fn dlq_publish_is_confirmed_before_the_ack() {
+        let (mut h, _) = H::new(cfg(1, 1, 5, true));
+        let (k, _) = h.deliver(secs(0));
+        h.finish(secs(2), k, Err(ErrorKind::Timeout));
+        h.timeout(secs(7));
+        let a = h.finish(secs(8), k, Err(ErrorKind::Handler));
+        let info = DlqInfo {
+            reason: DlqReason::Exhausted,
+            kind: ErrorKind::Handler,
+            attempts: 2,
+            first_failure: secs(2),
+            last_failure: secs(8),
+        };
+        assert_eq!(a, vec![PublishDlq { key: k, info }]);
+        assert!(terminal(&a).is_empty(), "no ack before the DLQ confirms");
+        assert!(h.m.poll_timeout().is_none(), "the DLQ wait needs no timer");
+        assert_eq!(h.m.in_flight(), 0, "a DLQ wait holds no parallelism slot");
+        let a = h.dlq(secs(9), k, Ok(()));
+        assert_eq!(terminal(&a), vec![Ack { key: k }]);
+        assert_eq!(
+            h.events,
+            vec![
+                ConsumerEvent::DeadLettered { key: k, info },
+                ConsumerEvent::Acked { key: k }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_dlq_publish_is_nacked_never_acked() {
+        let (mut h, _) = H::new(cfg(1, 0, 5, true));
+        let (k, _) = h.deliver(secs(0));
+        let a = h.finish(secs(1), k, Err(ErrorKind::Panic));
+        assert!(matches!(a.as_slice(), [PublishDlq { key, .. }] if *key == k));
+        let a = h.dlq(secs(2), k, Err(ErrorKind::Connection));
+        assert_eq!(
+            terminal(&a),
+            vec![Nack {
+                key: k,
+                reason: NackReason::DeadLetterFailed
+            }]
+        );
+        assert!(h.events.contains(&ConsumerEvent::DeadLetterFailed {
+            key: k,
+            kind: ErrorKind::Connection
+        }));
+        assert!(
+            !h.m.handle_dlq_result(secs(3), k, Ok(())),
+            "a late DLQ result is ignored"
+        );
+        assert!(h.drain().is_empty());
+    }
+
+    #[test]
+    fn poison_goes_straight_to_the_dlq_with_reason_decode() {
+        let (mut h, _) = H::new(cfg(1, 3, 5, true));
+        let (k, a) = h.poison(secs(4));
+        assert_eq!(
+            a,
+            vec![PublishDlq {
+                key: k,
+                info: DlqInfo {
+                    reason: DlqReason::Decode,
+                    kind: ErrorKind::Decode,
+                    attempts: 0,
+                    first_failure: secs(4),
+                    last_failure: secs(4),
+                }
+            }]
+        );
+        assert!(h.events.contains(&ConsumerEvent::Received {
+            key: k,
+            poison: true
+        }));
+        assert!(
+            invokes(&a).is_empty(),
+            "a poison message is never handed to the handler"
+        );
+        assert_eq!(
+            h.dlq(secs(5), k, Ok(())),
+            vec![Ack { key: k }, Request { count: 1 }]
+        );
+    }
+
+    #[test]
+    fn poison_without_dlq_is_nacked() {
+        let (mut h, _) = H::new(cfg(1, 3, 5, false));
+        let (k, a) = h.poison(secs(0));
+        assert_eq!(
+            a,
+            vec![
+                Nack {
+                    key: k,
+                    reason: NackReason::NoDeadLetter
+                },
+                Request { count: 1 }
+            ]
+        );
+    }
+
+    #[test]
+    fn permanent_errors_are_not_retried() {
+        for kind in [
+            ErrorKind::Invalid,
+            ErrorKind::Rejected,
+            ErrorKind::Decode,
+            ErrorKind::Fatal,
+        ] {
+            let (mut h, _) = H::new(cfg(1, 3, 5, true));
+            let (k, _) = h.deliver(secs(0));
+            let a = h.finish(secs(1), k, Err(kind));
+            assert_eq!(
+                a,
+                vec![PublishDlq {
+                    key: k,
+                    info: DlqInfo {
+                        reason: DlqReason::Permanent,
+                        kind,
+                        attempts: 1,
+                        first_failure: secs(1),
+                        last_failure: secs(1),
+                    }
+                }],
+                "{kind}"
+            );
+            let (mut h, _) = H::new(cfg(1, 3, 5, false));
+            let (k, _) = h.deliver(secs(0));
+            let a = h.finish(secs(1), k, Err(kind));
+            assert_eq!(
+                terminal(&a),
+                vec![Nack {
+                    key: k,
+                    reason: NackReason::NoDeadLetter
+                }],
+                "{kind}"
+            );
+            assert_eq!(h.m.poll_timeout(), None, "{kind}: no retry timer");
+        }
+    }
+
+    /// Five messages in flight that all fail with `kind` at `at`.
+    fn five_failures(h: &mut H, at: Time, kind: ErrorKind) -> (Vec<ConsumerAction>, Vec<Key>) {
+        let keys: Vec<Key> = (0..5).map(|_| h.deliver(secs(0)).0).collect();
+        let mut last = Vec::new();
+        for k in &keys {
+            last = h.finish(at, *k, Err(kind));
+        }
+        (last, keys)
+    }
+
+    fn breaker_cfg(par: u32) -> ConsumerConfig {
+        ConsumerConfig::builder()
+            .max_parallelism(par)
+            .max_held(20)
+            .retry(retry(10, Duration::from_secs(5)))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn breaker_opens_after_five_consecutive_expected_failures_and_pauses() {
+        let (mut h, _) = H::new(breaker_cfg(5));
+        let keys: Vec<Key> = (0..5).map(|_| h.deliver(secs(0)).0).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let kind = if i % 2 == 0 {
+                ErrorKind::Connection
+            } else {
+                ErrorKind::Timeout
+            };
+            let a = h.finish(secs(1), *k, Err(kind));
+            if i < 4 {
+                assert!(!a.contains(&Pause));
+                assert_eq!(h.m.breaker_state(), BreakerState::Closed);
+            } else {
+                assert_eq!(a, vec![Pause]);
+                assert_eq!(
+                    h.transitions(),
+                    vec![(BreakerState::Closed, BreakerState::Open)]
+                );
+            }
+        }
+        assert_eq!(h.m.breaker_state(), BreakerState::Open);
+        assert!(h.m.is_paused());
+        // No new credit while open; credit granted before stays usable, deliveries wait.
+        let (late, a) = h.deliver(secs(2));
+        assert!(invokes(&a).is_empty() && !a.iter().any(|a| matches!(a, Request { .. })));
+        // Retries come due at 6 s: still nothing is invoked while open.
+        assert!(invokes(&h.timeout(secs(6))).is_empty());
+        assert_eq!(h.m.in_flight(), 0);
+        for k in &keys {
+            assert_eq!(h.m.attempts(*k), Some(1), "open breaker burns no retries");
+        }
+        assert_eq!(h.m.attempts(late), Some(0));
+        assert_eq!(h.m.poll_timeout(), Some(secs(31)));
+    }
+
+    #[test]
+    fn other_failure_kinds_do_not_open_the_breaker() {
+        let (mut h, _) = H::new(breaker_cfg(5));
+        for kind in [ErrorKind::Handler, ErrorKind::Panic, ErrorKind::Invalid] {
+            let (a, _) = five_failures(&mut h, secs(1), kind);
+            assert!(!a.contains(&Pause));
+            assert_eq!(h.m.breaker_state(), BreakerState::Closed);
+            assert_eq!(h.m.breaker_failures(), 0);
+        }
+    }
+
+    #[test]
+    fn success_in_between_resets_the_count() {
+        let (mut h, _) = H::new(breaker_cfg(5));
+        let keys: Vec<Key> = (0..5).map(|_| h.deliver(secs(0)).0).collect();
+        for k in &keys[..4] {
+            h.finish(secs(1), *k, Err(ErrorKind::Timeout));
+        }
+        h.finish(secs(1), keys[4], Ok(()));
+        assert_eq!(h.m.breaker_failures(), 0);
+        let (a, _) = five_failures(&mut h, secs(2), ErrorKind::Timeout);
+        assert_eq!(a.first(), Some(&Pause), "five in a row again opens it");
+    }
+
+    #[test]
+    fn after_the_recovery_timeout_one_probe_then_success_closes_and_resumes() {
+        let (mut h, _) = H::new(breaker_cfg(5));
+        let (_, keys) = five_failures(&mut h, secs(1), ErrorKind::Timeout);
+        assert!(
+            invokes(&h.timeout(secs(30))).is_empty(),
+            "still open at 30 s"
+        );
+        let a = h.timeout(secs(31));
+        let probe = invokes(&a);
+        assert_eq!(probe, vec![(keys[0], 2)], "exactly one probe");
+        assert_eq!(
+            h.transitions(),
+            vec![(BreakerState::Open, BreakerState::HalfOpen)]
+        );
+        assert!(h.events.contains(&ConsumerEvent::Invoked {
+            key: keys[0],
+            attempt: 2,
+            probe: true
+        }));
+        // The transition's event comes before the invocation it allowed.
+        let pos = |pred: &dyn Fn(&ConsumerEvent) -> bool| h.events.iter().position(pred).unwrap();
+        assert!(
+            pos(&|e| matches!(e, ConsumerEvent::Breaker(_)))
+                < pos(&|e| matches!(e, ConsumerEvent::Invoked { .. }))
+        );
+        assert!(invokes(&h.timeout(secs(32))).is_empty(), "no second probe");
+        let a = h.finish(secs(33), keys[0], Ok(()));
+        assert_eq!(a[..2], [Ack { key: keys[0] }, Resume]);
+        assert_eq!(
+            h.transitions(),
+            vec![(BreakerState::HalfOpen, BreakerState::Closed)]
+        );
+        assert_eq!(
+            invokes(&a),
+            keys[1..].iter().map(|k| (*k, 2)).collect::<Vec<_>>(),
+            "closed again: the rest run"
+        );
+        assert!(!h.m.is_paused());
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_for_a_fresh_recovery_timeout() {
+        let (mut h, _) = H::new(breaker_cfg(5));
+        let (_, keys) = five_failures(&mut h, secs(1), ErrorKind::Timeout);
+        h.timeout(secs(31));
+        let a = h.finish(secs(32), keys[0], Err(ErrorKind::Connection));
+        assert!(!a.contains(&Resume) && !a.contains(&Pause), "still paused");
+        assert_eq!(
+            h.transitions(),
+            vec![(BreakerState::HalfOpen, BreakerState::Open)]
+        );
+        assert_eq!(
+            h.m.poll_timeout(),
+            Some(secs(37)),
+            "keys[0]'s retry at 37 s"
+        );
+        assert!(invokes(&h.timeout(secs(61))).is_empty());
+        let a = h.timeout(secs(62));
+        assert_eq!(
+            invokes(&a).len(),
+            1,
+            "half-open again at 32 + 30 s: one probe"
+        );
+    }
+
+    #[test]
+    fn an_inconclusive_probe_frees_the_probe_slot() {
+        let (mut h, _) = H::new(breaker_cfg(5));
+        let (_, keys) = five_failures(&mut h, secs(1), ErrorKind::Timeout);
+        h.timeout(secs(31));
+        let a = h.finish(secs(31), keys[0], Err(ErrorKind::Handler));
+        assert_eq!(h.m.breaker_state(), BreakerState::HalfOpen);
+        assert_eq!(invokes(&a), vec![(keys[1], 2)], "the next message probes");
+    }
+
+    #[test]
+    fn results_from_before_a_breaker_transition_do_not_move_it() {
+        let (mut h, _) = H::new(breaker_cfg(7));
+        let keys: Vec<Key> = (0..7).map(|_| h.deliver(secs(0)).0).collect();
+        for k in &keys[..5] {
+            h.finish(secs(1), *k, Err(ErrorKind::Timeout));
+        }
+        assert_eq!(h.m.breaker_state(), BreakerState::Open);
+        // A run started while closed succeeds after the breaker opened: ignored by the breaker.
+        let a = h.finish(secs(2), keys[5], Ok(()));
+        assert_eq!(
+            terminal(&a),
+            vec![Ack { key: keys[5] }],
+            "the message itself is done"
+        );
+        assert_eq!(h.m.breaker_state(), BreakerState::Open);
+        // Half-open: one probe; the other stale run fails with Timeout: still half-open.
+        let probe = invokes(&h.timeout(secs(31)));
+        assert_eq!(probe.len(), 1);
+        let a = h.finish(secs(31), keys[6], Err(ErrorKind::Timeout));
+        assert_eq!(h.m.breaker_state(), BreakerState::HalfOpen);
+        assert!(h.transitions().is_empty());
+        assert!(invokes(&a).is_empty(), "the probe slot is still taken");
+        h.finish(secs(32), probe[0].0, Ok(()));
+        assert_eq!(h.m.breaker_state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn credit_never_exceeds_max_held() {
+        let c = ConsumerConfig::builder()
+            .max_parallelism(2)
+            .max_held(4)
+            .retry(retry(3, Duration::from_secs(5)))
+            .build()
+            .unwrap();
+        let (mut h, first) = H::new(c);
+        assert_eq!(first, vec![Request { count: 4 }]);
+        let mut credit = 4u32;
+        let mut keys = Vec::new();
+        for _ in 0..4 {
+            let (k, a) = h.deliver(secs(0));
+            credit -= 1;
+            assert!(!a.iter().any(|a| matches!(a, Request { .. })));
+            keys.push(k);
+        }
+        assert_eq!((h.m.held(), h.m.credit()), (4, 0));
+        // A waiting retry still counts as held: no new credit.
+        let a = h.finish(secs(1), keys[0], Err(ErrorKind::Handler));
+        assert!(!a.iter().any(|a| matches!(a, Request { .. })));
+        let a = h.finish(secs(1), keys[1], Ok(()));
+        assert!(a.contains(&Request { count: 1 }));
+        credit += 1;
+        assert!(h.m.held() as u32 + credit <= 4);
+        assert_eq!(h.m.credit(), credit);
+    }
+
+    #[test]
+    fn half_open_asks_for_one_delivery_to_probe_with() {
+        let c = ConsumerConfig::builder()
+            .max_parallelism(5)
+            .max_held(5)
+            .retry(retry(0, Duration::from_secs(5)))
+            .build()
+            .unwrap();
+        let (mut h, first) = H::new(c);
+        assert_eq!(first, vec![Request { count: 5 }]);
+        let keys: Vec<Key> = (0..5).map(|_| h.deliver(secs(0)).0).collect();
+        for k in &keys {
+            h.finish(secs(1), *k, Err(ErrorKind::Timeout)); // no retries, no DLQ: nacked
+        }
+        assert_eq!(h.m.breaker_state(), BreakerState::Open);
+        assert_eq!(h.m.credit(), 4, "granted while still closed");
+        // Credit granted before the pause stays good: those deliveries wait.
+        for _ in 0..4 {
+            let (_, a) = h.deliver(secs(2));
+            assert!(a.is_empty(), "{a:?}");
+        }
+        let mut now = secs(31);
+        let mut probe = invokes(&h.timeout(now));
+        let mut last = Vec::new();
+        while !probe.is_empty() {
+            assert_eq!(probe.len(), 1);
+            now = now + Duration::from_millis(1);
+            // Inconclusive probes (a permanent error): nacked, the breaker stays half-open.
+            last = h.finish(now, probe[0].0, Err(ErrorKind::Invalid));
+            probe = invokes(&last);
+        }
+        assert_eq!(h.m.breaker_state(), BreakerState::HalfOpen);
+        assert_eq!(h.m.held(), 0);
+        assert!(last.contains(&Request { count: 1 }), "{last:?}");
+        assert_eq!(h.m.credit(), 1);
+        let (k, a) = h.deliver(now);
+        assert_eq!(
+            a,
+            vec![Invoke { key: k, attempt: 1 }],
+            "no more credit while probing"
+        );
+        let a = h.finish(now, k, Ok(()));
+        assert_eq!(a, vec![Ack { key: k }, Resume, Request { count: 5 }]);
+    }
+
+    #[test]
+    fn shutdown_nacks_ready_and_waiting_now_and_lets_in_flight_finish() {
+        let (mut h, _) = H::new(cfg(2, 3, 5, false));
+        let (a, _) = h.deliver(secs(0));
+        let (b, _) = h.deliver(secs(0));
+        let (c, _) = h.deliver(secs(0)); // ready, no slot
+        h.finish(secs(1), a, Err(ErrorKind::Handler)); // a waits for 6 s; c starts
+        assert_eq!(h.m.in_flight(), 2);
+        h.m.handle_shutdown(secs(2), secs(10));
+        let x = h.drain();
+        assert_eq!(
+            x,
+            vec![Nack {
+                key: a,
+                reason: NackReason::Shutdown
+            }],
+            "the waiting message is nacked at once"
+        );
+        assert!(h.m.is_shutting_down() && !h.m.is_drained());
+        assert_eq!(h.m.poll_timeout(), Some(secs(10)));
+        // No more credit, and a delivery arriving now is nacked straight away.
+        let (d, x) = h.deliver(secs(3));
+        assert_eq!(
+            x,
+            vec![Nack {
+                key: d,
+                reason: NackReason::Shutdown
+            }]
+        );
+        // In flight: b succeeds before the deadline (acked), c fails retryably (nacked, no retry).
+        assert_eq!(h.finish(secs(4), b, Ok(())), vec![Ack { key: b }]);
+        let x = h.finish(secs(5), c, Err(ErrorKind::Timeout));
+        assert_eq!(
+            x,
+            vec![Nack {
+                key: c,
+                reason: NackReason::Shutdown
+            }]
+        );
+        assert!(h.events.contains(&ConsumerEvent::Drained));
+        assert_eq!(h.m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn shutdown_deadline_nacks_what_is_still_running_and_ignores_late_results() {
+        let (mut h, _) = H::new(cfg(2, 3, 5, true));
+        let (a, _) = h.deliver(secs(0));
+        let (b, _) = h.deliver(secs(0));
+        h.finish(secs(1), b, Err(ErrorKind::Invalid)); // b waits on the DLQ
+        let (c, _) = h.deliver(secs(1)); // c runs
+        h.m.handle_shutdown(secs(2), secs(10));
+        assert!(h.drain().is_empty(), "nothing ready or waiting for a retry");
+        assert!(h.timeout(secs(9)).is_empty());
+        let x = h.timeout(secs(10));
+        let mut nacked: Vec<Key> = x
+            .iter()
+            .map(|a| match a {
+                Nack {
+                    key,
+                    reason: NackReason::Shutdown,
+                } => *key,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        nacked.sort();
+        let mut want = vec![a, b, c];
+        want.sort();
+        assert_eq!(nacked, want);
+        assert!(h.events.contains(&ConsumerEvent::Drained));
+        assert!(h.m.is_drained());
+        assert_eq!(h.m.in_flight(), 0);
+        assert_eq!(h.m.poll_timeout(), None);
+        assert!(
+            !h.m.handle_finished(secs(11), a, Ok(())),
+            "late result ignored"
+        );
+        assert!(
+            !h.m.handle_dlq_result(secs(11), b, Ok(())),
+            "late DLQ result ignored"
+        );
+        assert!(h.drain().is_empty());
+        assert!(h.events.is_empty(), "Drained is reported once");
+    }
+
+    #[test]
+    fn shutdown_with_nothing_held_is_drained_at_once() {
+        let (mut h, _) = H::new(cfg(2, 3, 5, false));
+        h.m.handle_shutdown(secs(1), secs(5));
+        assert!(h.drain().is_empty());
+        assert_eq!(h.events, vec![ConsumerEvent::Drained]);
+        assert_eq!(h.m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn shutdown_deadline_frees_a_running_probe() {
+        let (mut h, _) = H::new(breaker_cfg(5));
+        five_failures(&mut h, secs(1), ErrorKind::Timeout);
+        h.timeout(secs(31));
+        assert_eq!(h.m.in_flight(), 1);
+        h.m.handle_shutdown(secs(31), secs(31));
+        h.drain();
+        assert!(h.m.is_drained());
+        assert_eq!(h.m.breaker.probes_in_flight(), 0);
+    }
+
+    #[test]
+    fn poll_timeout_is_the_earliest_deadline_and_none_when_idle() {
+        let (mut h, _) = H::new(cfg(2, 3, 5, false));
+        assert_eq!(h.m.poll_timeout(), None);
+        let (a, _) = h.deliver(secs(0));
+        let (b, _) = h.deliver(secs(0));
+        h.finish(secs(3), a, Err(ErrorKind::Handler));
+        h.finish(secs(1), b, Err(ErrorKind::Handler));
+        assert_eq!(h.m.poll_timeout(), Some(secs(6)));
+        h.timeout(secs(6));
+        assert_eq!(h.m.poll_timeout(), Some(secs(8)));
+        h.timeout(secs(8));
+        assert_eq!(h.m.poll_timeout(), None, "both running again");
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored() {
+        let (mut h, _) = H::new(cfg(1, 3, 5, false));
+        let bogus = Key::from_u64(99);
+        assert!(!h.m.handle_finished(secs(0), bogus, Ok(())));
+        assert!(!h.m.handle_dlq_result(secs(0), bogus, Ok(())));
+        assert!(h.drain().is_empty());
+        let (k, _) = h.deliver(secs(0));
+        assert!(
+            !h.m.handle_dlq_result(secs(0), k, Ok(())),
+            "not waiting on the DLQ"
+        );
     }
 }

@@ -10,11 +10,15 @@
 //! | `retry` | attempts and delays |
 //! | `consumer` | one subscription's message lifecycle |
 //! | `producer` | one task's call lifecycle |
+//! | [`oracle`] | reference models that check the machines from outside (DESIGN.md §4) |
+//! | `slab`, `timers` | allocation-free keyed storage and the retry timer queue |
+//! | `planted` | deliberate bugs for proving the checks work (`planted-bugs` feature only) |
 
 mod breaker;
 mod config_error;
 mod consumer;
 mod error;
+pub mod oracle;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 mod producer;

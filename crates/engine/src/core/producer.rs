@@ -1,14 +1,29 @@
 //! The producer machine: a task's calls in; run-body, publish, dead-letter and completion out.
 //!
-//! One machine serves every call of one task and owns that task's circuit breaker. Each call
-//! is a sequence of attempts; an attempt takes a breaker permit, runs the body (until the body has
-//! succeeded once) and publishes its result. Retryable failures of either step are retried after
-//! the retry delay, at most `max_retries + 1` attempts in all; the body is never re-run after it
-//! succeeded, only the publish. Connection and Timeout failures of either step feed the breaker;
-//! only a confirmed publish counts as its success. While the breaker refuses, a call completes
-//! at once with [`ProducerOutcome::CircuitOpen`] and makes no broker call. When attempts run out
-//! and a DLQ is configured, a dead-letter publish is requested; the call completes with the
-//! DLQ's fate in [`ProducerOutcome::Failed`], so the caller always learns where its data went.
+//! One machine serves every call of one task and owns that task's circuit breaker. It is
+//! sans-IO like the consumer machine: every `handle_*` call carries `now` and leaves the machine
+//! up to date with it (due retries started, an expired open breaker half-open); the driver then
+//! drains [`ProducerMachine::poll_action`] and [`ProducerMachine::poll_event`] and calls
+//! [`ProducerMachine::handle_timeout`] at [`ProducerMachine::poll_timeout`].
+//!
+//! Contract (DESIGN.md §2):
+//! - each call is a sequence of attempts; an attempt takes a breaker permit, runs the body
+//!   (until the body has succeeded once) and publishes its result. The body is never re-run
+//!   after it succeeded, only the publish;
+//! - retryable failures of either step are retried after the retry delay, at most
+//!   `max_retries + 1` attempts in all; permanent failures (Invalid, Rejected, Decode, Fatal)
+//!   are not retried;
+//! - Connection and Timeout failures of either step feed the breaker; only a confirmed publish
+//!   counts as its success. While the breaker refuses (open, or half-open with its probe
+//!   taken), a call completes at once with [`ProducerOutcome::CircuitOpen`] and no
+//!   [`ProducerAction::RunBody`] or [`ProducerAction::Publish`] is emitted for it; a body that
+//!   finished after the breaker changed state publishes only under a fresh permit;
+//! - when attempts run out (or a permanent error ends the call) and a DLQ is configured, a
+//!   dead-letter publish is requested; the call completes with the DLQ's fate in
+//!   [`ProducerOutcome::Failed`] ([`DlqFate::Published`], [`DlqFate::Failed`] or
+//!   [`DlqFate::NotConfigured`]), so the caller always learns where its data went;
+//! - every call ends with exactly one [`ProducerAction::Complete`], unless its caller went away
+//!   ([`ProducerMachine::handle_cancelled`]).
 //!
 //! ```
 //! use backstop_engine::core::*;
@@ -291,38 +306,68 @@ impl ProducerMachine {
             first_failure: None,
         });
         self.start_attempt(now, call);
-        self.drain_transitions();
+        self.settle(now);
         call
     }
 
-    /// The body of `call` finished; `Ok` means its value is ready to publish.
+    /// The body of `call` finished; `Ok` means its value is ready to publish. Returns `false`
+    /// (and changes nothing) if `call` is not running its body.
+    ///
+    /// The publish goes out under the attempt's breaker permit. If the breaker changed state
+    /// while the body ran, a fresh permit is asked for; if the breaker refuses, the call completes
+    /// with [`ProducerOutcome::CircuitOpen`] and nothing is published.
     pub fn handle_body_result(
         &mut self,
         now: Time,
         call: Key,
         result: Result<(), ErrorKind>,
     ) -> bool {
-        let Some(c) = self.calls.get_mut(call) else {
+        let Some(c) = self.calls.get(call).copied() else {
+            self.settle(now);
             return false;
         };
         let Stage::Body(permit) = c.stage else {
+            self.settle(now);
             return false;
         };
         match result {
             Ok(()) => {
-                c.body_done = true;
-                c.stage = Stage::Publish(permit);
-                let attempt = c.attempts;
-                self.actions
-                    .push_back(ProducerAction::Publish { call, attempt });
+                self.breaker.handle_timeout(now);
+                let permit = if self.breaker.is_current(permit) {
+                    Ok(permit)
+                } else {
+                    self.breaker.try_acquire(now)
+                };
+                match permit {
+                    Ok(permit) => {
+                        if let Some(c) = self.calls.get_mut(call) {
+                            c.body_done = true;
+                            c.stage = Stage::Publish(permit);
+                        }
+                        self.actions.push_back(ProducerAction::Publish {
+                            call,
+                            attempt: c.attempts,
+                        });
+                    }
+                    Err(_) => {
+                        self.events.push_back(ProducerEvent::Rejected { call });
+                        self.complete(
+                            call,
+                            ProducerOutcome::CircuitOpen {
+                                attempts: c.attempts,
+                            },
+                        );
+                    }
+                }
             }
             Err(kind) => self.attempt_failed(now, call, permit, kind, false),
         }
-        self.drain_transitions();
+        self.settle(now);
         true
     }
 
-    /// The publish of `call` finished.
+    /// The publish of `call` finished. Returns `false` (and changes nothing) if `call` is not
+    /// publishing.
     pub fn handle_publish_result(
         &mut self,
         now: Time,
@@ -330,9 +375,11 @@ impl ProducerMachine {
         result: Result<(), ErrorKind>,
     ) -> bool {
         let Some(c) = self.calls.get(call).copied() else {
+            self.settle(now);
             return false;
         };
         let Stage::Publish(permit) = c.stage else {
+            self.settle(now);
             return false;
         };
         match result {
@@ -351,21 +398,21 @@ impl ProducerMachine {
             }
             Err(kind) => self.attempt_failed(now, call, permit, kind, true),
         }
-        self.drain_transitions();
+        self.settle(now);
         true
     }
 
-    /// The DLQ publish of `call` finished.
+    /// The DLQ publish of `call` finished; the call completes with
+    /// [`ProducerOutcome::Failed`] naming the DLQ's fate. Returns `false` if `call` is not
+    /// waiting on the DLQ.
     pub fn handle_dlq_result(
         &mut self,
-        _now: Time,
+        now: Time,
         call: Key,
         result: Result<(), ErrorKind>,
     ) -> bool {
-        let Some(c) = self.calls.get(call).copied() else {
-            return false;
-        };
-        let Stage::DlqPending(info) = c.stage else {
+        let Some(Stage::DlqPending(info)) = self.calls.get(call).map(|c| c.stage) else {
+            self.settle(now);
             return false;
         };
         let fate = match result {
@@ -388,20 +435,31 @@ impl ProducerMachine {
                 dlq: fate,
             },
         );
+        self.settle(now);
         true
     }
 
-    /// Fires due retries and the breaker's recovery timeout.
-    pub fn handle_timeout(&mut self, now: Time) {
-        while let Some((at, call)) = self.timers.pop_due(now) {
-            if let Some(c) = self.calls.get(call) {
-                if c.stage == (Stage::Waiting { until: at }) {
-                    self.start_attempt(now, call);
+    /// The caller of `call` went away (its future was dropped): forget the call and give back
+    /// its breaker permit, so an abandoned half-open probe does not hold the breaker half-open
+    /// for ever. No `Complete` follows. Returns `false` for a call that is not in progress.
+    pub fn handle_cancelled(&mut self, now: Time, call: Key) -> bool {
+        let known = match self.calls.remove(call) {
+            Some(c) => {
+                if let Stage::Body(permit) | Stage::Publish(permit) = c.stage {
+                    self.breaker.release(permit);
                 }
+                true
             }
-        }
-        self.breaker.handle_timeout(now);
-        self.drain_transitions();
+            None => false,
+        };
+        self.settle(now);
+        known
+    }
+
+    /// Fires due retries and the breaker's recovery timeout. (Every other `handle_*` call also
+    /// fires what is due at its `now`; this is the input for when nothing else happens.)
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.settle(now);
     }
 
     /// The earliest time [`handle_timeout`](Self::handle_timeout) is due.
@@ -432,25 +490,37 @@ impl ProducerMachine {
     }
 
     fn start_attempt(&mut self, now: Time, call: Key) {
+        let Some(c) = self.calls.get(call).copied() else {
+            return;
+        };
         match self.breaker.try_acquire(now) {
             Ok(permit) => {
-                let c = self.calls.get_mut(call).expect("live call");
-                c.attempts += 1;
-                let attempt = c.attempts;
-                if c.body_done {
-                    c.stage = Stage::Publish(permit);
-                    self.actions
-                        .push_back(ProducerAction::Publish { call, attempt });
+                let attempt = c.attempts + 1;
+                let (stage, action) = if c.body_done {
+                    (
+                        Stage::Publish(permit),
+                        ProducerAction::Publish { call, attempt },
+                    )
                 } else {
-                    c.stage = Stage::Body(permit);
-                    self.actions
-                        .push_back(ProducerAction::RunBody { call, attempt });
+                    (
+                        Stage::Body(permit),
+                        ProducerAction::RunBody { call, attempt },
+                    )
+                };
+                if let Some(c) = self.calls.get_mut(call) {
+                    c.attempts = attempt;
+                    c.stage = stage;
                 }
+                self.actions.push_back(action);
             }
             Err(Refusal::Open { .. } | Refusal::ProbeBusy) => {
-                let attempts = self.calls.get(call).map_or(0, |c| c.attempts);
                 self.events.push_back(ProducerEvent::Rejected { call });
-                self.complete(call, ProducerOutcome::CircuitOpen { attempts });
+                self.complete(
+                    call,
+                    ProducerOutcome::CircuitOpen {
+                        attempts: c.attempts,
+                    },
+                );
             }
         }
     }
@@ -464,7 +534,9 @@ impl ProducerMachine {
         publish: bool,
     ) {
         self.breaker.on_failure(now, permit, kind);
-        let c = self.calls.get_mut(call).expect("live call");
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
         let attempt = c.attempts;
         c.first_failure.get_or_insert(now);
         self.events.push_back(ProducerEvent::Failed {
@@ -518,9 +590,424 @@ impl ProducerMachine {
             .push_back(ProducerAction::Complete { call, outcome });
     }
 
-    fn drain_transitions(&mut self) {
+    /// Brings the machine up to `now`; every input ends here: due retries start (or are refused
+    /// by the breaker), an expired open breaker turns half-open, transitions become events.
+    fn settle(&mut self, now: Time) {
+        while let Some((at, call)) = self.timers.pop_due(now) {
+            if let Some(c) = self.calls.get(call) {
+                if c.stage == (Stage::Waiting { until: at }) {
+                    self.start_attempt(now, call);
+                }
+            }
+        }
+        self.breaker.handle_timeout(now);
         while let Some(t) = self.breaker.poll_transition() {
             self.events.push_back(ProducerEvent::Breaker(t));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::retry::RetryPolicy;
+    use ProducerAction::*;
+
+    fn secs(n: u64) -> Time {
+        Time::from_secs(n)
+    }
+
+    fn cfg(max_retries: u32, delay_secs: u64, dlq: bool) -> ProducerConfig {
+        ProducerConfig::builder()
+            .retry(
+                RetryPolicy::builder()
+                    .max_retries(max_retries)
+                    .retry_delay(Duration::from_secs(delay_secs))
+                    .build()
+                    .unwrap(),
+            )
+            .dead_letter(dlq)
+            .build()
+            .unwrap()
+    }
+
+    struct H {
+        m: ProducerMachine,
+        events: Vec<ProducerEvent>,
+    }
+
+    impl H {
+        fn new(cfg: ProducerConfig) -> H {
+            H {
+                m: ProducerMachine::new(cfg),
+                events: Vec::new(),
+            }
+        }
+        fn drain(&mut self) -> Vec<ProducerAction> {
+            self.events = std::iter::from_fn(|| self.m.poll_event()).collect();
+            std::iter::from_fn(|| self.m.poll_action()).collect()
+        }
+        fn call(&mut self, now: Time) -> (Key, Vec<ProducerAction>) {
+            let k = self.m.handle_call(now);
+            (k, self.drain())
+        }
+        fn body(&mut self, now: Time, k: Key, r: Result<(), ErrorKind>) -> Vec<ProducerAction> {
+            assert!(self.m.handle_body_result(now, k, r));
+            self.drain()
+        }
+        fn publish(&mut self, now: Time, k: Key, r: Result<(), ErrorKind>) -> Vec<ProducerAction> {
+            assert!(self.m.handle_publish_result(now, k, r));
+            self.drain()
+        }
+        fn dlq(&mut self, now: Time, k: Key, r: Result<(), ErrorKind>) -> Vec<ProducerAction> {
+            assert!(self.m.handle_dlq_result(now, k, r));
+            self.drain()
+        }
+        fn timeout(&mut self, now: Time) -> Vec<ProducerAction> {
+            self.m.handle_timeout(now);
+            self.drain()
+        }
+        /// Opens the breaker with five calls whose publish fails with Connection.
+        fn open_breaker(&mut self, now: Time) {
+            for _ in 0..5 {
+                let (k, _) = self.call(now);
+                self.body(now, k, Ok(()));
+                self.publish(now, k, Err(ErrorKind::Connection));
+            }
+            assert_eq!(self.m.breaker_state(), BreakerState::Open);
+        }
+    }
+
+    #[test]
+    fn a_failing_body_is_retried_after_the_delay_up_to_max_retries() {
+        let mut h = H::new(cfg(2, 5, false));
+        let (k, a) = h.call(secs(0));
+        assert_eq!(
+            a,
+            vec![RunBody {
+                call: k,
+                attempt: 1
+            }]
+        );
+        let a = h.body(secs(1), k, Err(ErrorKind::Handler));
+        assert!(a.is_empty());
+        assert!(h.events.contains(&ProducerEvent::RetryScheduled {
+            call: k,
+            next_attempt: 2,
+            at: secs(6)
+        }));
+        assert_eq!(h.m.poll_timeout(), Some(secs(6)));
+        assert!(h
+            .timeout(Time::from_nanos(secs(6).as_nanos() - 1))
+            .is_empty());
+        assert_eq!(
+            h.timeout(secs(6)),
+            vec![RunBody {
+                call: k,
+                attempt: 2
+            }]
+        );
+        h.body(secs(6), k, Err(ErrorKind::Panic));
+        assert_eq!(
+            h.timeout(secs(11)),
+            vec![RunBody {
+                call: k,
+                attempt: 3
+            }]
+        );
+        let a = h.body(secs(12), k, Err(ErrorKind::Timeout));
+        assert_eq!(
+            a,
+            vec![Complete {
+                call: k,
+                outcome: ProducerOutcome::Failed {
+                    kind: ErrorKind::Timeout,
+                    attempts: 3,
+                    dlq: DlqFate::NotConfigured
+                }
+            }]
+        );
+        assert_eq!(h.m.calls_in_progress(), 0);
+        assert_eq!(h.m.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_failed_publish_is_retried_without_rerunning_the_body() {
+        let mut h = H::new(cfg(3, 5, false));
+        let (k, _) = h.call(secs(0));
+        assert_eq!(
+            h.body(secs(0), k, Ok(())),
+            vec![Publish {
+                call: k,
+                attempt: 1
+            }]
+        );
+        assert!(h.publish(secs(1), k, Err(ErrorKind::Timeout)).is_empty());
+        assert!(h.events.contains(&ProducerEvent::Failed {
+            call: k,
+            attempt: 1,
+            kind: ErrorKind::Timeout,
+            publish: true
+        }));
+        assert_eq!(
+            h.timeout(secs(6)),
+            vec![Publish {
+                call: k,
+                attempt: 2
+            }]
+        );
+        let a = h.publish(secs(7), k, Ok(()));
+        assert_eq!(
+            a,
+            vec![Complete {
+                call: k,
+                outcome: ProducerOutcome::Sent { attempts: 2 }
+            }]
+        );
+        assert!(h.events.contains(&ProducerEvent::Sent {
+            call: k,
+            latency: Duration::from_secs(7)
+        }));
+    }
+
+    #[test]
+    fn a_permanent_body_error_is_not_retried() {
+        for kind in [ErrorKind::Invalid, ErrorKind::Fatal, ErrorKind::Rejected] {
+            let mut h = H::new(cfg(3, 5, false));
+            let (k, _) = h.call(secs(0));
+            assert_eq!(
+                h.body(secs(0), k, Err(kind)),
+                vec![Complete {
+                    call: k,
+                    outcome: ProducerOutcome::Failed {
+                        kind,
+                        attempts: 1,
+                        dlq: DlqFate::NotConfigured
+                    }
+                }]
+            );
+            assert_eq!(h.m.poll_timeout(), None);
+            let mut h = H::new(cfg(3, 5, true));
+            let (k, _) = h.call(secs(0));
+            let a = h.body(secs(0), k, Err(kind));
+            assert!(
+                matches!(a.as_slice(), [PublishDlq { info, .. }] if info.reason == DlqReason::Permanent && info.attempts == 1),
+                "{a:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn exhaustion_publishes_a_dlq_record_and_reports_its_fate() {
+        let mut h = H::new(cfg(1, 5, true));
+        let (k, _) = h.call(secs(0));
+        h.body(secs(0), k, Ok(()));
+        h.publish(secs(1), k, Err(ErrorKind::Connection));
+        h.timeout(secs(6));
+        let a = h.publish(secs(7), k, Err(ErrorKind::Timeout));
+        let info = DlqInfo {
+            reason: DlqReason::Exhausted,
+            kind: ErrorKind::Timeout,
+            attempts: 2,
+            first_failure: secs(1),
+            last_failure: secs(7),
+        };
+        assert_eq!(a, vec![PublishDlq { call: k, info }]);
+        let a = h.dlq(secs(8), k, Ok(()));
+        assert_eq!(
+            a,
+            vec![Complete {
+                call: k,
+                outcome: ProducerOutcome::Failed {
+                    kind: ErrorKind::Timeout,
+                    attempts: 2,
+                    dlq: DlqFate::Published
+                }
+            }]
+        );
+        assert!(h
+            .events
+            .contains(&ProducerEvent::DeadLettered { call: k, info }));
+    }
+
+    #[test]
+    fn a_failed_dlq_publish_still_completes_with_the_data() {
+        let mut h = H::new(cfg(0, 5, true));
+        let (k, _) = h.call(secs(0));
+        let a = h.body(secs(1), k, Err(ErrorKind::Handler));
+        assert!(matches!(a.as_slice(), [PublishDlq { .. }]));
+        let a = h.dlq(secs(2), k, Err(ErrorKind::Rejected));
+        assert_eq!(
+            a,
+            vec![Complete {
+                call: k,
+                outcome: ProducerOutcome::Failed {
+                    kind: ErrorKind::Handler,
+                    attempts: 1,
+                    dlq: DlqFate::Failed(ErrorKind::Rejected)
+                }
+            }]
+        );
+        assert!(
+            !h.m.handle_dlq_result(secs(3), k, Ok(())),
+            "completed calls ignore results"
+        );
+    }
+
+    #[test]
+    fn an_open_breaker_fails_calls_fast_without_broker_calls() {
+        let mut h = H::new(cfg(0, 5, true));
+        h.open_breaker(secs(0));
+        // The five failed calls went to the DLQ; finish those.
+        let (k, a) = h.call(secs(1));
+        assert_eq!(
+            a,
+            vec![Complete {
+                call: k,
+                outcome: ProducerOutcome::CircuitOpen { attempts: 0 }
+            }]
+        );
+        assert_eq!(h.events, vec![ProducerEvent::Rejected { call: k }]);
+        assert_eq!(h.m.calls_in_progress(), 5, "only the five DLQ waits");
+        assert_eq!(h.m.poll_timeout(), Some(secs(30)));
+        // Half-open after 30 s: one probe call goes through, a second is refused.
+        let (probe, a) = h.call(secs(30));
+        assert_eq!(
+            a,
+            vec![RunBody {
+                call: probe,
+                attempt: 1
+            }]
+        );
+        let (other, a) = h.call(secs(30));
+        assert_eq!(
+            a,
+            vec![Complete {
+                call: other,
+                outcome: ProducerOutcome::CircuitOpen { attempts: 0 }
+            }]
+        );
+        h.body(secs(30), probe, Ok(()));
+        h.publish(secs(31), probe, Ok(()));
+        assert_eq!(h.m.breaker_state(), BreakerState::Closed);
+        let (_, a) = h.call(secs(31));
+        assert!(matches!(a.as_slice(), [RunBody { .. }]));
+    }
+
+    #[test]
+    fn a_retry_refused_by_the_open_breaker_completes_circuit_open() {
+        let mut h = H::new(cfg(3, 5, false));
+        let (k, _) = h.call(secs(0));
+        h.body(secs(1), k, Err(ErrorKind::Handler)); // retry at 6 s; not counted by the breaker
+        h.open_breaker(secs(2));
+        assert_eq!(
+            h.timeout(secs(6)),
+            vec![Complete {
+                call: k,
+                outcome: ProducerOutcome::CircuitOpen { attempts: 1 }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_body_that_finishes_after_the_breaker_opened_is_not_published() {
+        let mut h = H::new(cfg(3, 5, false));
+        let (k, _) = h.call(secs(0)); // body running under a closed-breaker permit
+        h.open_breaker(secs(1));
+        let a = h.body(secs(2), k, Ok(()));
+        assert_eq!(
+            a,
+            vec![Complete {
+                call: k,
+                outcome: ProducerOutcome::CircuitOpen { attempts: 1 }
+            }]
+        );
+        // Once half-open, such a body takes the probe slot with a fresh permit.
+        let mut h = H::new(cfg(0, 5, false));
+        let (k, _) = h.call(secs(0));
+        h.open_breaker(secs(1));
+        let a = h.body(secs(31), k, Ok(()));
+        assert_eq!(
+            a,
+            vec![Publish {
+                call: k,
+                attempt: 1
+            }]
+        );
+        h.publish(secs(31), k, Ok(()));
+        assert_eq!(
+            h.m.breaker_state(),
+            BreakerState::Closed,
+            "it was the probe"
+        );
+    }
+
+    #[test]
+    fn a_probe_failure_reopens_and_an_inconclusive_one_frees_the_slot() {
+        let mut h = H::new(cfg(0, 5, false));
+        h.open_breaker(secs(0));
+        let (p, _) = h.call(secs(30));
+        h.body(secs(30), p, Err(ErrorKind::Invalid)); // proves nothing
+        assert_eq!(h.m.breaker_state(), BreakerState::HalfOpen);
+        let (p, a) = h.call(secs(30));
+        assert_eq!(
+            a,
+            vec![RunBody {
+                call: p,
+                attempt: 1
+            }]
+        );
+        h.body(secs(30), p, Ok(()));
+        h.publish(secs(31), p, Err(ErrorKind::Timeout));
+        assert_eq!(h.m.breaker_state(), BreakerState::Open);
+        assert_eq!(h.m.poll_timeout(), Some(secs(61)));
+    }
+
+    #[test]
+    fn a_cancelled_probe_gives_its_slot_back() {
+        let mut h = H::new(cfg(0, 5, false));
+        h.open_breaker(secs(0));
+        let (p, _) = h.call(secs(30));
+        let (_, a) = h.call(secs(30));
+        assert!(matches!(
+            a.as_slice(),
+            [Complete {
+                outcome: ProducerOutcome::CircuitOpen { .. },
+                ..
+            }]
+        ));
+        assert!(h.m.handle_cancelled(secs(31), p));
+        assert!(
+            h.drain().is_empty(),
+            "no Complete for a call whose caller left"
+        );
+        assert!(!h.m.handle_cancelled(secs(31), p));
+        let (q, a) = h.call(secs(31));
+        assert_eq!(
+            a,
+            vec![RunBody {
+                call: q,
+                attempt: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn stale_results_are_ignored() {
+        let mut h = H::new(cfg(0, 5, false));
+        let (k, _) = h.call(secs(0));
+        assert!(
+            !h.m.handle_publish_result(secs(0), k, Ok(())),
+            "not publishing yet"
+        );
+        assert!(!h.m.handle_dlq_result(secs(0), k, Ok(())));
+        h.body(secs(0), k, Ok(()));
+        assert!(
+            !h.m.handle_body_result(secs(0), k, Ok(())),
+            "body already done"
+        );
+        h.publish(secs(0), k, Ok(()));
+        assert!(!h.m.handle_publish_result(secs(0), k, Ok(())), "completed");
+        assert!(h.drain().is_empty());
     }
 }
