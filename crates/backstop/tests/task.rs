@@ -5,7 +5,6 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop::broker::Broker;
 use backstop::{DeadLetter, DeadLetterRecord, ErrorKind, FailureReason, Task, TaskError, TaskSpec};
 use backstop_mem::Op;
 use tokio::time::Instant;
@@ -36,14 +35,27 @@ async fn retryable_body_errors_run_max_retries_plus_one_times_spaced_by_retry_de
     let times = log.lock().unwrap().clone();
     assert_eq!(times.len(), 4, "max_retries 3 → 4 attempts");
     for w in times.windows(2) {
-        assert_eq!(w[1] - w[0], Duration::from_secs(5), "retry spacing equals retry_delay");
+        assert_eq!(
+            w[1] - w[0],
+            Duration::from_secs(5),
+            "retry spacing equals retry_delay"
+        );
     }
     assert_eq!(f.attempts, 4);
-    assert_eq!(f.args, (7, "payload".to_string()), "the caller gets its data back");
+    assert_eq!(
+        f.args,
+        (7, "payload".to_string()),
+        "the caller gets its data back"
+    );
     assert_eq!(f.kind(), Some(ErrorKind::Handler));
-    let DeadLetter::Published { topic, .. } = &f.dead_letter else { panic!("expected a DLQ record: {f}") };
+    let DeadLetter::Published { topic, .. } = &f.dead_letter else {
+        panic!("expected a DLQ record: {f}")
+    };
     assert_eq!(topic, "user_updates_dlq");
-    assert!(f.to_string().contains("user_updates_dlq"), "the error says where the record went: {f}");
+    assert!(
+        f.to_string().contains("user_updates_dlq"),
+        "the error says where the record went: {f}"
+    );
 
     let records = mem.topic_payloads("user_updates_dlq");
     assert_eq!(records.len(), 1);
@@ -53,9 +65,16 @@ async fn retryable_body_errors_run_max_retries_plus_one_times_spaced_by_retry_de
     assert_eq!(rec.reason, "exhausted");
     assert!(rec.error.contains("profile service flaked"));
     assert_eq!(rec.attempts, 4);
-    assert_eq!(rec.last_failure_ms - rec.first_failure_ms, 15_000, "first and last failure times");
+    assert_eq!(
+        rec.last_failure_ms - rec.first_failure_ms,
+        15_000,
+        "first and last failure times"
+    );
     assert_eq!(rec.args, Some(serde_json::json!([7, "payload"])));
-    assert!(mem.topic_payloads("user_updates").is_empty(), "nothing published to the topic");
+    assert!(
+        mem.topic_payloads("user_updates").is_empty(),
+        "nothing published to the topic"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -100,14 +119,24 @@ async fn ok_values_are_published_as_json() {
     assert_eq!(payloads.len(), 1);
     let v: serde_json::Value = serde_json::from_slice(&payloads[0]).unwrap();
     assert_eq!(v, serde_json::json!({"status": "success", "user_id": 5}));
-    assert!(bs.metrics().render().contains("pulsar_messages_sent_total{topic=\"t\"} 1"));
+    assert!(bs
+        .metrics()
+        .render()
+        .contains("pulsar_messages_sent_total{topic=\"t\"} 1"));
 }
 
 #[tokio::test(start_paused = true)]
 async fn publish_failures_are_retried_without_rerunning_the_body() {
     let (bs, mem) = common::context();
-    let task = Task::new(&bs, TaskSpec::new("t").max_retries(3).retry_delay(Duration::from_secs(1)).build().unwrap())
-        .unwrap();
+    let task = Task::new(
+        &bs,
+        TaskSpec::new("t")
+            .max_retries(3)
+            .retry_delay(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
     bs.producer("t").await.unwrap(); // create it before injecting send faults
     mem.faults().fail_next(Op::Send, 2, ErrorKind::Timeout);
     let runs = Arc::new(Mutex::new(0));
@@ -123,14 +152,24 @@ async fn publish_failures_are_retried_without_rerunning_the_body() {
     assert_eq!(sent.attempts, 3, "two failed publishes, then success");
     assert_eq!(mem.topic_payloads("t").len(), 1);
     let text = bs.metrics().render();
-    assert!(text.contains("pulsar_errors_total{kind=\"timeout\",topic=\"t\"} 2"), "{text}");
+    assert!(
+        text.contains("pulsar_errors_total{kind=\"timeout\",topic=\"t\"} 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_body_is_a_failed_attempt() {
     let (bs, _mem) = common::context();
-    let task = Task::new(&bs, TaskSpec::new("t").max_retries(1).retry_delay(Duration::from_secs(1)).build().unwrap())
-        .unwrap();
+    let task = Task::new(
+        &bs,
+        TaskSpec::new("t")
+            .max_retries(1)
+            .retry_delay(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
     let runs = Arc::new(Mutex::new(0));
     let r2 = runs.clone();
     let sent = task
@@ -150,7 +189,10 @@ async fn a_panicking_body_is_a_failed_attempt() {
         .await
         .unwrap();
     assert_eq!(sent.value, 2);
-    assert!(bs.metrics().render().contains("pulsar_errors_total{kind=\"panic\",topic=\"t\"} 1"));
+    assert!(bs
+        .metrics()
+        .render()
+        .contains("pulsar_errors_total{kind=\"panic\",topic=\"t\"} 1"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -158,7 +200,8 @@ async fn breaker_opens_after_five_connection_failures_fails_fast_then_probes_and
     let (bs, mem) = common::context();
     let task = Task::new(&bs, TaskSpec::new("t").max_retries(0).build().unwrap()).unwrap();
     bs.producer("t").await.unwrap();
-    mem.faults().fail_until_healed(Op::Send, ErrorKind::Connection);
+    mem.faults()
+        .fail_until_healed(Op::Send, ErrorKind::Connection);
     let body_runs = Arc::new(Mutex::new(0));
     let call = |n: i64| {
         let runs = body_runs.clone();
@@ -179,52 +222,87 @@ async fn breaker_opens_after_five_connection_failures_fails_fast_then_probes_and
     }
     assert_eq!(task.breaker().0, backstop::BreakerState::Open);
     let text = bs.metrics().render();
-    assert!(text.contains("circuit_breaker_state{breaker=\"task:t\"} 2"), "{text}");
-    let sends_before = mem.counters().sends;
+    assert!(
+        text.contains("circuit_breaker_state{breaker=\"task:t\"} 2"),
+        "{text}"
+    );
+    let faults_before = mem.counters().injected_faults; // every send attempt now fails by injection
     let runs_before = *body_runs.lock().unwrap();
     let f = call(99).await.unwrap_err();
     assert!(f.is_circuit_open(), "{f}");
     assert_eq!(f.reason, FailureReason::CircuitOpen);
     assert_eq!(f.args, 99, "fail-fast still returns the data");
-    assert_eq!(mem.counters().sends, sends_before, "no broker call while open");
-    assert_eq!(*body_runs.lock().unwrap(), runs_before, "no body run while open");
+    assert_eq!(
+        mem.counters().injected_faults,
+        faults_before,
+        "no broker call while open"
+    );
+    assert_eq!(
+        *body_runs.lock().unwrap(),
+        runs_before,
+        "no body run while open"
+    );
 
     mem.faults().heal();
     tokio::time::sleep(Duration::from_secs(29)).await;
-    assert!(call(100).await.unwrap_err().is_circuit_open(), "still open before 30 s");
+    assert!(
+        call(100).await.unwrap_err().is_circuit_open(),
+        "still open before 30 s"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let sent = call(101).await.unwrap();
     assert_eq!(sent.value, 101, "the half-open probe went through");
     assert_eq!(task.breaker().0, backstop::BreakerState::Closed);
     let text = bs.metrics().render();
-    assert!(text.contains("circuit_breaker_state{breaker=\"task:t\"} 0"), "{text}");
-    assert!(text.contains("circuit_breaker_transitions_total{breaker=\"task:t\",from=\"half_open\",to=\"closed\"} 1"));
+    assert!(
+        text.contains("circuit_breaker_state{breaker=\"task:t\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "circuit_breaker_transitions_total{breaker=\"task:t\",from=\"half_open\",to=\"closed\"} 1"
+    ));
 }
 
 #[tokio::test(start_paused = true)]
 async fn when_the_dlq_publish_fails_too_the_caller_gets_error_and_data() {
     let (bs, mem) = common::context();
-    let task =
-        Task::new(&bs, TaskSpec::new("t").max_retries(0).dlq_topic("t_dlq").build().unwrap()).unwrap();
+    let task = Task::new(
+        &bs,
+        TaskSpec::new("t")
+            .max_retries(0)
+            .dlq_topic("t_dlq")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
     bs.producer("t_dlq").await.unwrap();
     mem.faults().fail_next(Op::Send, 1, ErrorKind::Rejected);
     let f = task
-        .call("data".to_string(), |_| async { Err::<u8, _>(TaskError::retryable("nope")) })
+        .call("data".to_string(), |_| async {
+            Err::<u8, _>(TaskError::retryable("nope"))
+        })
         .await
         .unwrap_err();
     assert!(matches!(f.dead_letter, DeadLetter::Failed { .. }), "{f}");
     assert_eq!(f.args, "data");
     assert!(mem.topic_payloads("t_dlq").is_empty());
-    let _ = bs.broker().producer("x").await.unwrap();
 }
 
 #[test]
 fn breaker_env_overrides_are_validated_by_name() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mem = backstop_mem::MemBroker::new();
-        let env = [("CB_FAILURE_THRESHOLD".to_string(), "zero".to_string())].into_iter().collect();
-        let err = backstop::Backstop::builder(Arc::new(mem.clone())).env_from(env).build().unwrap_err();
+        let env = [("CB_FAILURE_THRESHOLD".to_string(), "zero".to_string())]
+            .into_iter()
+            .collect();
+        let err = backstop::Backstop::builder(Arc::new(mem.clone()))
+            .env_from(env)
+            .build()
+            .unwrap_err();
         assert_eq!(err.setting(), "CB_FAILURE_THRESHOLD");
         let env = [
             ("CB_FAILURE_THRESHOLD".to_string(), "2".to_string()),
@@ -232,8 +310,14 @@ fn breaker_env_overrides_are_validated_by_name() {
         ]
         .into_iter()
         .collect();
-        let bs = backstop::Backstop::builder(Arc::new(mem)).env_from(env).build().unwrap();
+        let bs = backstop::Backstop::builder(Arc::new(mem))
+            .env_from(env)
+            .build()
+            .unwrap();
         assert_eq!(bs.breaker_defaults().failure_threshold(), 2);
-        assert_eq!(bs.breaker_defaults().recovery_timeout(), Duration::from_secs(10));
+        assert_eq!(
+            bs.breaker_defaults().recovery_timeout(),
+            Duration::from_secs(10)
+        );
     });
 }

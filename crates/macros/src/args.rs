@@ -17,22 +17,40 @@ pub(crate) fn parse(attr: TokenStream, allowed: &[&str]) -> syn::Result<Vec<Arg>
     let metas = Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(attr)?;
     let mut out: Vec<Arg> = Vec::new();
     for m in metas {
-        let ident = m.path.get_ident().ok_or_else(|| syn::Error::new_spanned(&m.path, "expected an argument name"))?;
+        let ident = m
+            .path
+            .get_ident()
+            .ok_or_else(|| syn::Error::new_spanned(&m.path, "expected an argument name"))?;
         let name = ident.to_string();
         if !allowed.contains(&name.as_str()) {
             return Err(syn::Error::new_spanned(
                 &m.path,
-                format!("unknown argument `{name}`; expected one of: {}", allowed.join(", ")),
+                format!(
+                    "unknown argument `{name}`; expected one of: {}",
+                    allowed.join(", ")
+                ),
             ));
         }
         if out.iter().any(|a| a.name == name) {
-            return Err(syn::Error::new_spanned(&m.path, format!("argument `{name}` given twice")));
+            return Err(syn::Error::new_spanned(
+                &m.path,
+                format!("argument `{name}` given twice"),
+            ));
         }
         let lit = match m.value {
             Expr::Lit(ExprLit { lit, .. }) => lit,
-            other => return Err(syn::Error::new_spanned(other, format!("`{name}` takes a literal value"))),
+            other => {
+                return Err(syn::Error::new_spanned(
+                    other,
+                    format!("`{name}` takes a literal value"),
+                ))
+            }
         };
-        out.push(Arg { name, span: ident.span(), lit });
+        out.push(Arg {
+            name,
+            span: ident.span(),
+            lit,
+        });
     }
     Ok(out)
 }
@@ -48,20 +66,38 @@ pub(crate) fn string(args: &[Arg], name: &str) -> syn::Result<Option<(String, Sp
             Lit::Str(s) => {
                 let v = s.value();
                 if v.trim().is_empty() {
-                    return Err(syn::Error::new(s.span(), format!("`{name}` must not be empty")));
+                    return Err(syn::Error::new(
+                        s.span(),
+                        format!("`{name}` must not be empty"),
+                    ));
                 }
                 if v.chars().any(char::is_whitespace) {
-                    return Err(syn::Error::new(s.span(), format!("`{name}` must not contain whitespace")));
+                    return Err(syn::Error::new(
+                        s.span(),
+                        format!("`{name}` must not contain whitespace"),
+                    ));
                 }
                 Ok(Some((v, s.span())))
             }
-            other => Err(syn::Error::new_spanned(other, format!("`{name}` takes a string, e.g. {name} = \"user_updates\""))),
+            other => Err(syn::Error::new_spanned(
+                other,
+                format!("`{name}` takes a string, e.g. {name} = \"user_updates\""),
+            )),
         },
     }
 }
 
-pub(crate) fn required_string(args: &[Arg], name: &str, call_site: Span) -> syn::Result<(String, Span)> {
-    string(args, name)?.ok_or_else(|| syn::Error::new(call_site, format!("missing required argument `{name} = \"...\"`")))
+pub(crate) fn required_string(
+    args: &[Arg],
+    name: &str,
+    call_site: Span,
+) -> syn::Result<(String, Span)> {
+    string(args, name)?.ok_or_else(|| {
+        syn::Error::new(
+            call_site,
+            format!("missing required argument `{name} = \"...\"`"),
+        )
+    })
 }
 
 pub(crate) fn uint(args: &[Arg], name: &str, min: u64, max: u64) -> syn::Result<Option<u32>> {
@@ -69,13 +105,21 @@ pub(crate) fn uint(args: &[Arg], name: &str, min: u64, max: u64) -> syn::Result<
         None => Ok(None),
         Some(a) => match &a.lit {
             Lit::Int(i) => {
-                let v: u64 = i.base10_parse().map_err(|_| syn::Error::new(i.span(), format!("`{name}` must be a whole number")))?;
+                let v: u64 = i.base10_parse().map_err(|_| {
+                    syn::Error::new(i.span(), format!("`{name}` must be a whole number"))
+                })?;
                 if v < min || v > max {
-                    return Err(syn::Error::new(i.span(), format!("`{name}` must be between {min} and {max}, got {v}")));
+                    return Err(syn::Error::new(
+                        i.span(),
+                        format!("`{name}` must be between {min} and {max}, got {v}"),
+                    ));
                 }
                 Ok(Some(v as u32))
             }
-            other => Err(syn::Error::new_spanned(other, format!("`{name}` takes a whole number, e.g. {name} = 3"))),
+            other => Err(syn::Error::new_spanned(
+                other,
+                format!("`{name}` takes a whole number, e.g. {name} = 3"),
+            )),
         },
     }
 }
@@ -83,29 +127,49 @@ pub(crate) fn uint(args: &[Arg], name: &str, min: u64, max: u64) -> syn::Result<
 /// A duration given as `"5s"` (humantime), or as a number of seconds (`5` or `5.0`). Returns
 /// nanoseconds.
 pub(crate) fn duration(args: &[Arg], name: &str) -> syn::Result<Option<u64>> {
-    let Some(a) = find(args, name) else { return Ok(None) };
+    let Some(a) = find(args, name) else {
+        return Ok(None);
+    };
     let (nanos, span) = match &a.lit {
         Lit::Str(s) => {
             let d = humantime::parse_duration(&s.value()).map_err(|e| {
-                syn::Error::new(s.span(), format!("`{name}` is not a duration ({e}); write e.g. \"5s\" or \"250ms\""))
+                syn::Error::new(
+                    s.span(),
+                    format!("`{name}` is not a duration ({e}); write e.g. \"5s\" or \"250ms\""),
+                )
             })?;
             (d.as_nanos(), s.span())
         }
         Lit::Int(i) => {
-            let secs: u64 = i.base10_parse().map_err(|_| syn::Error::new(i.span(), "expected seconds"))?;
+            let secs: u64 = i
+                .base10_parse()
+                .map_err(|_| syn::Error::new(i.span(), "expected seconds"))?;
             (u128::from(secs) * 1_000_000_000, i.span())
         }
         Lit::Float(f) => {
-            let secs: f64 = f.base10_parse().map_err(|_| syn::Error::new(f.span(), "expected seconds"))?;
+            let secs: f64 = f
+                .base10_parse()
+                .map_err(|_| syn::Error::new(f.span(), "expected seconds"))?;
             if !(secs.is_finite() && secs >= 0.0) {
-                return Err(syn::Error::new(f.span(), format!("`{name}` must be a non-negative number of seconds")));
+                return Err(syn::Error::new(
+                    f.span(),
+                    format!("`{name}` must be a non-negative number of seconds"),
+                ));
             }
             ((secs * 1e9) as u128, f.span())
         }
-        other => return Err(syn::Error::new_spanned(other, format!("`{name}` takes a duration, e.g. {name} = \"5s\""))),
+        other => {
+            return Err(syn::Error::new_spanned(
+                other,
+                format!("`{name}` takes a duration, e.g. {name} = \"5s\""),
+            ))
+        }
     };
     if nanos > 24 * 3600 * 1_000_000_000 {
-        return Err(syn::Error::new(span, format!("`{name}` must be at most 24h")));
+        return Err(syn::Error::new(
+            span,
+            format!("`{name}` must be at most 24h"),
+        ));
     }
     let _ = a.span;
     Ok(Some(nanos as u64))

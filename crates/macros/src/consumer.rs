@@ -29,7 +29,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let dlq = args::string(&args, "dlq_topic")?;
     if let Some((d, span)) = &dlq {
         if *d == topic {
-            return Err(syn::Error::new(*span, "`dlq_topic` must differ from `topic`"));
+            return Err(syn::Error::new(
+                *span,
+                "`dlq_topic` must differ from `topic`",
+            ));
         }
     }
     let kind = match args::string(&args, "subscription_type")? {
@@ -49,10 +52,16 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     };
     let sig = &f.sig;
     if sig.asyncness.is_none() {
-        return Err(syn::Error::new_spanned(sig.fn_token, "#[backstop::consumer] needs an `async fn`"));
+        return Err(syn::Error::new_spanned(
+            sig.fn_token,
+            "#[backstop::consumer] needs an `async fn`",
+        ));
     }
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new_spanned(&sig.generics, "#[backstop::consumer] functions cannot be generic"));
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "#[backstop::consumer] functions cannot be generic",
+        ));
     }
     if sig.inputs.len() != 1 {
         return Err(syn::Error::new_spanned(
@@ -61,17 +70,23 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         ));
     }
     if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
-        return Err(syn::Error::new_spanned(r, "#[backstop::consumer] cannot be a method; use a free function"));
+        return Err(syn::Error::new_spanned(
+            r,
+            "#[backstop::consumer] cannot be a method; use a free function",
+        ));
     }
     let vis = &f.vis;
     let name = &sig.ident;
     let par = par.map(|n| quote!(.max_parallelism(#n)));
     let retries = max_retries.map(|n| quote!(.max_retries(#n)));
-    let delay = retry_delay.map(|n| quote!(.retry_delay(::backstop::__private::Duration::from_nanos(#n))));
-    let grace = grace.map(|n| quote!(.shutdown_grace(::backstop::__private::Duration::from_nanos(#n))));
+    let delay =
+        retry_delay.map(|n| quote!(.retry_delay(::backstop::__private::Duration::from_nanos(#n))));
+    let grace =
+        grace.map(|n| quote!(.shutdown_grace(::backstop::__private::Duration::from_nanos(#n))));
     let dlq = dlq.map(|(d, _)| quote!(.dlq_topic(#d)));
     let kind = kind.map(|k| quote!(.subscription_type(::backstop::broker::SubscriptionType::#k)));
-    let doc = format!("Settings and start-up of the `{name}` consumer (`{topic}` / `{subscription}`).");
+    let doc =
+        format!("Settings and start-up of the `{name}` consumer (`{topic}` / `{subscription}`).");
     Ok(quote! {
         #f
 

@@ -22,7 +22,9 @@ use proc_macro::TokenStream;
 /// `dlq_topic`, `send_timeout` (default `"10s"`).
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
-    task::expand(attr.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+    task::expand(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }
 
 /// Marks an `async fn(message: M) -> Result<(), HandlerError>` as a consumer of `topic`.
@@ -37,5 +39,7 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// `shutdown_grace` (default `"30s"`).
 #[proc_macro_attribute]
 pub fn consumer(attr: TokenStream, item: TokenStream) -> TokenStream {
-    consumer::expand(attr.into(), item.into()).unwrap_or_else(syn::Error::into_compile_error).into()
+    consumer::expand(attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }

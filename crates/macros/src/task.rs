@@ -6,7 +6,13 @@ use syn::{FnArg, ItemFn, Pat, ReturnType};
 
 use crate::args;
 
-const ALLOWED: &[&str] = &["topic", "max_retries", "retry_delay", "dlq_topic", "send_timeout"];
+const ALLOWED: &[&str] = &[
+    "topic",
+    "max_retries",
+    "retry_delay",
+    "dlq_topic",
+    "send_timeout",
+];
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let args = args::parse(attr, ALLOWED)?;
@@ -17,27 +23,45 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let send_timeout = args::duration(&args, "send_timeout")?;
     if send_timeout == Some(0) {
         let a = args::find(&args, "send_timeout").expect("present");
-        return Err(syn::Error::new_spanned(&a.lit, "`send_timeout` must be greater than zero"));
+        return Err(syn::Error::new_spanned(
+            &a.lit,
+            "`send_timeout` must be greater than zero",
+        ));
     }
     let dlq = args::string(&args, "dlq_topic")?;
     if let Some((d, span)) = &dlq {
         if *d == topic {
-            return Err(syn::Error::new(*span, "`dlq_topic` must differ from `topic`"));
+            return Err(syn::Error::new(
+                *span,
+                "`dlq_topic` must differ from `topic`",
+            ));
         }
     }
     let sig = &f.sig;
     if sig.asyncness.is_none() {
-        return Err(syn::Error::new_spanned(sig.fn_token, "#[backstop::task] needs an `async fn`"));
+        return Err(syn::Error::new_spanned(
+            sig.fn_token,
+            "#[backstop::task] needs an `async fn`",
+        ));
     }
     if !sig.generics.params.is_empty() {
-        return Err(syn::Error::new_spanned(&sig.generics, "#[backstop::task] functions cannot be generic"));
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
+            "#[backstop::task] functions cannot be generic",
+        ));
     }
     let ok_ty = match &sig.output {
         ReturnType::Type(_, ty) => ok_type(ty).ok_or_else(|| {
-            syn::Error::new_spanned(ty, "#[backstop::task] functions return `Result<T, TaskError>`")
+            syn::Error::new_spanned(
+                ty,
+                "#[backstop::task] functions return `Result<T, TaskError>`",
+            )
         })?,
         ReturnType::Default => {
-            return Err(syn::Error::new_spanned(sig, "#[backstop::task] functions return `Result<T, TaskError>`"))
+            return Err(syn::Error::new_spanned(
+                sig,
+                "#[backstop::task] functions return `Result<T, TaskError>`",
+            ))
         }
     };
     let mut names = Vec::new();
@@ -45,14 +69,22 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => {
-                return Err(syn::Error::new_spanned(r, "#[backstop::task] cannot be a method; use a free function"))
+                return Err(syn::Error::new_spanned(
+                    r,
+                    "#[backstop::task] cannot be a method; use a free function",
+                ))
             }
             FnArg::Typed(pt) => match &*pt.pat {
                 Pat::Ident(pi) => {
                     names.push(pi.ident.clone());
                     types.push((*pt.ty).clone());
                 }
-                other => return Err(syn::Error::new_spanned(other, "task arguments must be plain names")),
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        other,
+                        "task arguments must be plain names",
+                    ))
+                }
             },
         }
     }
@@ -64,8 +96,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let output = &sig.output;
     let inputs = &sig.inputs;
     let retries = max_retries.map(|n| quote!(.max_retries(#n)));
-    let delay = retry_delay.map(|n| quote!(.retry_delay(::backstop::__private::Duration::from_nanos(#n))));
-    let timeout = send_timeout.map(|n| quote!(.send_timeout(::backstop::__private::Duration::from_nanos(#n))));
+    let delay =
+        retry_delay.map(|n| quote!(.retry_delay(::backstop::__private::Duration::from_nanos(#n))));
+    let timeout = send_timeout
+        .map(|n| quote!(.send_timeout(::backstop::__private::Duration::from_nanos(#n))));
     let dlq = dlq.map(|(d, _)| quote!(.dlq_topic(#d)));
     let doc = format!("Settings and helpers of the `{name}` task (publishes to `{topic}`).");
     Ok(quote! {
@@ -126,7 +160,9 @@ fn ok_type(ty: &syn::Type) -> Option<syn::Type> {
     if last.ident != "Result" {
         return None;
     }
-    let syn::PathArguments::AngleBracketed(ab) = &last.arguments else { return None };
+    let syn::PathArguments::AngleBracketed(ab) = &last.arguments else {
+        return None;
+    };
     match ab.args.first()? {
         syn::GenericArgument::Type(t) => Some(t.clone()),
         _ => None,

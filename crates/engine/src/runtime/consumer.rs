@@ -164,6 +164,7 @@ impl Backstop {
             handler,
             slots: Vec::new(),
             report: ConsumerReport::default(),
+            io: tokio::task::JoinSet::new(),
         };
         self.metrics().register_breaker(&driver.breaker_name);
         let join = tokio::spawn(driver.run(shutdown_rx));
@@ -185,6 +186,9 @@ struct Driver<M> {
     handler: BoxHandler<M>,
     slots: Vec<Option<Slot<M>>>,
     report: ConsumerReport,
+    /// Acks, nacks and DLQ publishes under way: awaited before the subscription closes, so no
+    /// ack is lost to the close.
+    io: tokio::task::JoinSet<()>,
 }
 
 impl<M: DeserializeOwned + Send + 'static> Driver<M> {
@@ -259,6 +263,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
         }
         let _ = stop_rx_tx.send(true);
         let _ = receiver.await;
+        while self.io.join_next().await.is_some() {}
         // Deliveries the receiver pulled after shutdown began never reached the machine: give them back.
         deliver_rx.close();
         while let Some(msg) = deliver_rx.recv().await {
@@ -271,6 +276,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
     }
 
     fn drain(&mut self, credit: &Arc<Semaphore>, done_tx: &mpsc::UnboundedSender<Done>) {
+        while self.io.try_join_next().is_some() {}
         loop {
             let mut progressed = false;
             while let Some(action) = self.machine.poll_action() {
@@ -344,7 +350,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                     let sub = self.sub.clone();
                     let bs = self.bs.clone();
                     let topic = self.spec.topic.clone();
-                    tokio::spawn(async move {
+                    self.io.spawn(async move {
                         if let Err(e) = sub.ack(&slot.msg.id).await {
                             bs.metrics().record_error(&topic, e.kind());
                             tracing::warn!(topic = %topic, message_id = %slot.msg.id, error = %e, "ack failed; the broker will redeliver");
@@ -360,7 +366,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                     let sub = self.sub.clone();
                     let topic = self.spec.topic.clone();
                     tracing::info!(topic = %topic, message_id = %slot.msg.id, reason = ?reason, "nack");
-                    tokio::spawn(async move {
+                    self.io.spawn(async move {
                         if let Err(e) = sub.nack(&slot.msg.id).await {
                             tracing::warn!(topic = %topic, message_id = %slot.msg.id, error = %e, "nack failed; the broker redelivers after its ack timeout or reconnect");
                         }
@@ -387,7 +393,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                 let dlq_topic = self.spec.dlq_topic.clone().unwrap_or_default();
                 let bs = self.bs.clone();
                 let done = done_tx.clone();
-                tokio::spawn(async move {
+                self.io.spawn(async move {
                     let r = match bs.producer(&dlq_topic).await {
                         Ok(p) => match tokio::time::timeout(Duration::from_secs(10), p.send(msg))
                             .await

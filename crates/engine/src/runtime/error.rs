@@ -148,7 +148,9 @@ impl<A> TaskFailure<A> {
     pub fn kind(&self) -> Option<ErrorKind> {
         match &self.reason {
             FailureReason::Failed { kind, .. } => Some(*kind),
-            FailureReason::CircuitOpen | FailureReason::Encode(_) | FailureReason::Config(_) => None,
+            FailureReason::CircuitOpen | FailureReason::Encode(_) | FailureReason::Config(_) => {
+                None
+            }
         }
     }
 }
@@ -164,7 +166,9 @@ impl<A: fmt::Debug> fmt::Display for TaskFailure<A> {
             FailureReason::CircuitOpen => {
                 write!(f, "task for `{}` refused: circuit open", self.topic)?
             }
-            FailureReason::Config(e) => write!(f, "task for `{}` is misconfigured: {e}", self.topic)?,
+            FailureReason::Config(e) => {
+                write!(f, "task for `{}` is misconfigured: {e}", self.topic)?
+            }
             FailureReason::Encode(e) => write!(
                 f,
                 "task for `{}` could not encode its result: {e}",

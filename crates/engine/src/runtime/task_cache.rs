@@ -16,14 +16,18 @@ pub struct TaskCache {
 
 impl std::fmt::Debug for Task {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Task").field("topic", &self.spec().topic()).finish()
+        f.debug_struct("Task")
+            .field("topic", &self.spec().topic())
+            .finish()
     }
 }
 
 impl TaskCache {
     /// An empty cache (usable in a `static`).
     pub const fn new() -> TaskCache {
-        TaskCache { tasks: Mutex::new(Vec::new()) }
+        TaskCache {
+            tasks: Mutex::new(Vec::new()),
+        }
     }
 
     /// The task for `bs`, built from `spec` on first use.
@@ -34,7 +38,10 @@ impl TaskCache {
     ) -> Result<Task, ConfigError> {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.retain(|(w, _)| w.strong_count() > 0);
-        if let Some((_, t)) = tasks.iter().find(|(w, _)| w.upgrade().is_some_and(|i| Arc::ptr_eq(&i, &bs.inner))) {
+        if let Some((_, t)) = tasks
+            .iter()
+            .find(|(w, _)| w.upgrade().is_some_and(|i| Arc::ptr_eq(&i, &bs.inner)))
+        {
             return Ok(t.clone());
         }
         let task = Task::new(bs, spec()?)?;
