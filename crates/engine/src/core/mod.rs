@@ -11,6 +11,7 @@
 //! | `consumer` | one subscription's message lifecycle |
 //! | `producer` | one task's call lifecycle |
 //! | [`oracle`] | reference models that check the machines from outside (DESIGN.md §4) |
+//! | [`replay`] | replays driver op sequences under the oracle, then checks liveness |
 //! | `slab`, `timers` | allocation-free keyed storage and the retry timer queue |
 //! | `planted` | deliberate bugs for proving the checks work (`planted-bugs` feature only) |
 
@@ -22,6 +23,7 @@ pub mod oracle;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 mod producer;
+pub mod replay;
 mod retry;
 mod slab;
 mod time;

@@ -1510,7 +1510,9 @@ impl ProducerOracle {
         Ok(())
     }
 
-    fn mishandled(&self, key: Key, accepted: bool, what: &str) -> Result<(), Violation> {
+    /// An input the machine must ignore: it changes nothing but the clock.
+    fn mishandled(&mut self, key: Key, accepted: bool, what: &str) -> Result<(), Violation> {
+        self.due();
         if accepted {
             Err(self.err(
                 Rule::InputMishandled,
