@@ -186,6 +186,37 @@ pub fn server_kind(error: ServerError) -> ErrorKind {
     }
 }
 
+/// Whether the broker answered with an error that passes by itself (topic still loading,
+/// throttling, storage hiccup), so that creating a producer or consumer again soon makes sense.
+/// An unreachable broker is not one of them: that fails fast, as [`ErrorKind::Connection`].
+pub(crate) fn is_transient_answer(error: &pulsar::Error) -> bool {
+    use ServerError as E;
+    let server = match error {
+        pulsar::Error::Connection(ConnectionError::PulsarError(Some(s), _))
+        | pulsar::Error::Consumer(ConsumerError::Connection(ConnectionError::PulsarError(
+            Some(s),
+            _,
+        )))
+        | pulsar::Error::Producer(ProducerError::Connection(ConnectionError::PulsarError(
+            Some(s),
+            _,
+        )))
+        | pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Query(Some(s), _))
+        | pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Connection(
+            ConnectionError::PulsarError(Some(s), _),
+        )) => *s,
+        _ => return false,
+    };
+    matches!(
+        server,
+        E::ServiceNotReady
+            | E::TooManyRequests
+            | E::MetadataError
+            | E::PersistenceError
+            | E::UnknownError
+    )
+}
+
 /// Whether the error says the connection (or the object on it) is gone, so that a cached
 /// producer or consumer should be dropped and built anew.
 pub(crate) fn needs_rebuild(kind: ErrorKind) -> bool {
@@ -288,6 +319,24 @@ mod tests {
             pulsar::Error::Producer(ProducerError::Fenced),
         )]));
         assert_eq!(error_kind(&partial), ErrorKind::Rejected);
+    }
+
+    #[test]
+    fn only_broker_answers_are_transient() {
+        assert!(is_transient_answer(&conn(ConnectionError::PulsarError(
+            Some(ServerError::ServiceNotReady),
+            None
+        ))));
+        assert!(is_transient_answer(&pulsar::Error::ServiceDiscovery(
+            ServiceDiscoveryError::Query(Some(ServerError::ServiceNotReady), None)
+        )));
+        assert!(!is_transient_answer(&conn(ConnectionError::Io(
+            io::Error::from(io::ErrorKind::ConnectionRefused)
+        ))));
+        assert!(!is_transient_answer(&conn(ConnectionError::PulsarError(
+            Some(ServerError::ConsumerBusy),
+            None
+        ))));
     }
 
     #[test]

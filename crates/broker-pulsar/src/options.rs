@@ -6,12 +6,13 @@ use std::time::Duration;
 /// used on a topic; afterwards the broker remembers its position.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum InitialPosition {
-    /// From the oldest message still in the topic (the default: nothing published before the
-    /// first consumer started is skipped).
+    /// Only messages published after the subscription was created (the default, as in the
+    /// Java client and backstop's in-memory broker).
     #[default]
-    Earliest,
-    /// Only messages published after the subscription was created.
     Latest,
+    /// From the oldest message still in the topic (Pulsar keeps messages only while some
+    /// subscription has not acked them, or as long as a retention policy says).
+    Earliest,
 }
 
 /// Settings of a [`PulsarBroker`](crate::PulsarBroker). Start from [`PulsarOptions::default`]
@@ -53,7 +54,7 @@ pub struct PulsarOptions {
     /// the broker (which would drop the connection). Default 5 MiB, the broker's default
     /// `maxMessageSize`.
     pub max_message_size: usize,
-    /// Where a new subscription starts. Default [`InitialPosition::Earliest`].
+    /// Where a new subscription starts. Default [`InitialPosition::Latest`].
     pub initial_position: InitialPosition,
     /// A JWT for token authentication (`authenticationToken`), if the broker wants one.
     pub auth_token: Option<String>,
@@ -93,7 +94,7 @@ impl Default for PulsarOptions {
             reconnect_max_backoff: Duration::from_secs(5),
             receiver_queue_size: 1000,
             max_message_size: 5 * 1024 * 1024,
-            initial_position: InitialPosition::Earliest,
+            initial_position: InitialPosition::Latest,
             auth_token: None,
             tls_ca_pem: None,
         }

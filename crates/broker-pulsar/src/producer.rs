@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use tokio::time::{timeout_at, Instant};
 
 use crate::client::ClientInner;
-use crate::error::{broker_error, error_kind, needs_rebuild};
+use crate::error::{broker_error, error_kind, is_transient_answer, needs_rebuild};
 use crate::id::PulsarMessageId;
 
 type Inner = pulsar::Producer<TokioExecutor>;
@@ -161,7 +161,7 @@ async fn create(inner: &ClientInner, topic: &str, deadline: Instant) -> Result<I
             Ok(Ok(Ok(producer))) => return Ok(producer),
             Ok(Ok(Err(e))) => e,
         };
-        if error_kind(&error) != ErrorKind::Connection || Instant::now() + delay >= deadline {
+        if !is_transient_answer(&error) || Instant::now() + delay >= deadline {
             return Err(broker_error(&context, &error));
         }
         tracing::debug!(%error, ?delay, "{context}: retrying");

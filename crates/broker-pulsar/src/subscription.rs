@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::client::ClientInner;
-use crate::error::{broker_error, error_kind};
+use crate::error::{broker_error, error_kind, is_transient_answer};
 use crate::id::PulsarMessageId;
 use crate::options;
 use crate::tracking::{AckAction, BatchTracker, DeliveryCounter};
@@ -322,9 +322,8 @@ async fn build_consumer(
             Ok(Ok(Ok(consumer))) => return Ok(Built { consumer }),
             Ok(Ok(Err(e))) => e,
         };
-        let kind = error_kind(&error);
-        // Connection trouble (broker restarting, topic loading) may pass; refusals will not.
-        if kind != ErrorKind::Connection || Instant::now() + delay >= deadline {
+        // A topic still loading may be ready soon; refusals and an unreachable broker fail now.
+        if !is_transient_answer(&error) || Instant::now() + delay >= deadline {
             return Err(broker_error(&context, &error));
         }
         tracing::debug!(%error, ?delay, "{context}: retrying");

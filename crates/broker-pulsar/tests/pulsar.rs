@@ -13,7 +13,9 @@ use backstop_engine::broker::{
 };
 use backstop_engine::core::ErrorKind;
 use backstop_pulsar::pulsar::ProducerOptions;
-use backstop_pulsar::{dlq_properties, ConnectError, PulsarBroker, PulsarMessageId, PulsarOptions};
+use backstop_pulsar::{
+    dlq_properties, ConnectError, InitialPosition, PulsarBroker, PulsarMessageId, PulsarOptions,
+};
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -85,7 +87,9 @@ async fn roundtrip_keeps_payload_key_and_properties() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_messages_are_not_delivered_again_unacked_ones_are() {
     bounded(LIMIT, async {
-        let broker = connect().await;
+        // published before the subscription exists: only an Earliest subscription sees them
+        let broker =
+            connect_with(test_options().with_initial_position(InitialPosition::Earliest)).await;
         let topic = unique("ack");
         publish(&broker, &topic, &["a", "b", "c"]).await;
         let spec = SubscriptionSpec::new(&topic, "s");
@@ -286,7 +290,8 @@ async fn receive_is_cancel_safe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_batches_are_not_lost_to_partial_acks() {
     bounded(LIMIT, async {
-        let broker = connect().await;
+        let broker =
+            connect_with(test_options().with_initial_position(InitialPosition::Earliest)).await;
         let topic = unique("batch");
         let mut batching = broker
             .client()
