@@ -43,14 +43,22 @@
 //! # Limits
 //!
 //! - Acks are fire-and-forget in Pulsar; one lost on a broken connection means a redelivery.
-//! - The crate's consumer engine handles acks in the same queue as deliveries. While the
-//!   application does not call `receive` and more than about twice
-//!   [`PulsarOptions::receiver_queue_size`] messages wait, acks queue up behind them and reach
-//!   the broker when `receive` resumes or at `close` (never lost; redelivered if the process
-//!   dies first).
+//! - The crate's consumer engine handles acks in the same queue as incoming deliveries. When its
+//!   buffer is full (the application receives slower than the broker delivers), an ack waits
+//!   behind at most about [`PulsarOptions::receiver_queue_size`] deliveries; while the
+//!   application does not call `receive` at all (a paused consumer), acks wait until it does,
+//!   or until `close`, which drains the buffer first. They are never dropped; if the process
+//!   dies first, those messages are redelivered (at-least-once).
+//! - On Exclusive and Failover subscriptions the broker answers a nack by redelivering *every*
+//!   unacked message of the consumer (it keeps order), so messages still being handled may be
+//!   delivered a second time, with the same id.
+//! - After a connection loss, the first send on an existing producer can wait the whole
+//!   operation timeout (the crate keeps trying to re-create its producer) and fails with
+//!   Timeout; later sends fail fast with Connection until the broker is back.
 //! - Chunked messages (Java `chunkingEnabled`) are not reassembled by the crate.
 //! - `ReceivedMessage::topic` is the topic as named in the spec, also for the partitions of a
 //!   partitioned topic (the partition is in the id).
+//! - Keys are strings; a key a foreign producer set as raw bytes arrives base64-encoded.
 //!
 //! | module | its one job |
 //! |---|---|

@@ -500,3 +500,46 @@ async fn unreachable_broker_is_a_connection_error_and_bad_urls_are_config_errors
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_topics_route_acks_to_their_partition() {
+    bounded(LIMIT, async {
+        let broker = connect().await;
+        let topic = unique("partitioned");
+        http_put(
+            &admin(),
+            &format!("/admin/v2/persistent/public/default/{topic}/partitions"),
+            "3",
+        )
+        .await
+        .expect("create a partitioned topic with 3 partitions");
+        let spec = SubscriptionSpec::new(&topic, "s");
+        let sub = broker.subscribe(&spec).await.expect("subscribe");
+        let producer = broker.producer(&topic).await.expect("producer");
+        for i in 0..12 {
+            producer
+                .send(OutgoingMessage::new(format!("{i}")).with_key(format!("key-{i}")))
+                .await
+                .expect("send");
+        }
+        let mut got = BTreeSet::new();
+        let mut partitions = BTreeSet::new();
+        while got.len() < 12 {
+            let m = recv(&*sub, WAIT).await;
+            assert_eq!(m.topic, topic, "the logical topic, not the partition");
+            let id = PulsarMessageId::from_message_id(&m.id).expect("id");
+            partitions.insert(id.partition);
+            sub.ack(&m.id).await.expect("ack");
+            got.insert(text(&m));
+        }
+        assert!(
+            partitions.len() > 1 && partitions.iter().all(|p| (0..3).contains(p)),
+            "partitions {partitions:?}"
+        );
+        sub.close().await.expect("close");
+        let again = broker.subscribe(&spec).await.expect("resubscribe");
+        assert_silent(&*again, Duration::from_secs(3)).await;
+        again.close().await.expect("close");
+    })
+    .await;
+}

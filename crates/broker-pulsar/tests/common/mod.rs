@@ -88,6 +88,16 @@ pub async fn print_version_once() {
 
 /// A tiny HTTP/1.0 GET (loopback admin API only): returns the body of a 200 answer.
 pub async fn http_get(base: &str, path: &str) -> Result<String, String> {
+    http(base, "GET", path, None).await
+}
+
+/// A tiny HTTP/1.0 PUT of a JSON body (loopback admin API only): returns the body of a 2xx
+/// answer.
+pub async fn http_put(base: &str, path: &str, json: &str) -> Result<String, String> {
+    http(base, "PUT", path, Some(json)).await
+}
+
+async fn http(base: &str, method: &str, path: &str, json: Option<&str>) -> Result<String, String> {
     let hostport = base
         .strip_prefix("http://")
         .ok_or_else(|| format!("admin URL `{base}` is not http://"))?
@@ -96,7 +106,14 @@ pub async fn http_get(base: &str, path: &str) -> Result<String, String> {
         let mut s = tokio::net::TcpStream::connect(hostport)
             .await
             .map_err(|e| e.to_string())?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        let request = match json {
+            None => format!("{method} {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n"),
+            Some(body) => format!(
+                "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        };
+        s.write_all(request.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
@@ -105,7 +122,8 @@ pub async fn http_get(base: &str, path: &str) -> Result<String, String> {
         let (head, body) = text
             .split_once("\r\n\r\n")
             .ok_or_else(|| "malformed HTTP answer".to_string())?;
-        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        let status = head.split_whitespace().nth(1).unwrap_or("");
+        if !status.starts_with('2') {
             return Err(format!(
                 "HTTP answer: {}",
                 head.lines().next().unwrap_or("")
