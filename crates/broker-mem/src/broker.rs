@@ -286,6 +286,11 @@ impl Subscription for MemSubscription {
             .shared
             .admit(Op::Receive, |st| st.check_open(consumer))
             .await?;
+        let mut waiting = Waiting {
+            shared: &self.shared,
+            consumer,
+            ticket: None,
+        };
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -304,9 +309,17 @@ impl Subscription for MemSubscription {
                         "receive: broker unreachable (injected outage)",
                     ));
                 }
-                match st.take(consumer, Instant::now()) {
-                    Ok(message) => return finish(Op::Receive, verdict, message),
-                    Err(next_due) => next_due,
+                match st.take(consumer, waiting.ticket, Instant::now()) {
+                    Ok(message) => {
+                        waiting.ticket = None; // left the queue with the delivery
+                        return finish(Op::Receive, verdict, message);
+                    }
+                    Err(next_due) => {
+                        if waiting.ticket.is_none() {
+                            waiting.ticket = Some(st.enqueue(consumer));
+                        }
+                        next_due
+                    }
                 }
             };
             match next_due {
@@ -353,6 +366,22 @@ impl Subscription for MemSubscription {
             .lock()
             .remove_consumer(self.consumer, ConsumerStatus::Closed);
         Ok(())
+    }
+}
+
+/// A receive's place in its subscription's queue of waiting receives; leaves the queue when
+/// the receive ends without a delivery (an error, or its future dropped).
+struct Waiting<'a> {
+    shared: &'a Shared,
+    consumer: u64,
+    ticket: Option<u64>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket {
+            self.shared.lock().dequeue(self.consumer, ticket);
+        }
     }
 }
 

@@ -165,7 +165,7 @@ impl Broker for RemoteBroker {
             client: self.client.clone(),
             spec: spec.clone(),
             bound: tokio::sync::Mutex::new(None),
-            stash: Arc::new(Mutex::new(VecDeque::new())),
+            stash: Arc::new(Stash::default()),
             held: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
         };
@@ -208,8 +208,31 @@ impl Drop for Client {
 }
 
 /// Messages that arrived for receives nobody awaited any more, with their connection's
-/// generation.
-type Stash = Mutex<VecDeque<(u64, ReceivedMessage)>>;
+/// generation; a receive waiting meanwhile is woken to take them.
+#[derive(Default)]
+struct Stash {
+    messages: Mutex<VecDeque<(u64, ReceivedMessage)>>,
+    added: tokio::sync::Notify,
+}
+
+impl Stash {
+    fn push(&self, gen: u64, message: ReceivedMessage) {
+        lock(&self.messages).push_back((gen, message));
+        self.added.notify_waiters();
+    }
+
+    /// A stashed message of connection `gen`; those of other (dead) connections are dropped:
+    /// the server returned them to the subscription.
+    fn pop(&self, gen: u64) -> Option<ReceivedMessage> {
+        let mut messages = lock(&self.messages);
+        while let Some((g, m)) = messages.pop_front() {
+            if g == gen {
+                return Some(m);
+            }
+        }
+        None
+    }
+}
 
 type Answer = Result<Resp, BrokerError>;
 
@@ -313,7 +336,7 @@ impl Conn {
         };
         if let Err(answer) = call.tx.send(response.result.into_result()) {
             if let (Ok(Resp::Message(m)), Some(stash)) = (answer, call.stash) {
-                lock(&stash).push_back((self.gen, m.into()));
+                stash.push(self.gen, m.into());
             }
         }
     }
@@ -321,9 +344,10 @@ impl Conn {
 
 async fn read_loop(
     conn: Arc<Conn>,
-    mut reader: tokio::io::ReadHalf<BoxStream>,
+    reader: tokio::io::ReadHalf<BoxStream>,
     keepalive: Option<Duration>,
 ) {
+    let mut reader = wire::FrameReader::new(reader);
     let mut stop = conn.stop.subscribe();
     let dead_after = keepalive.map(|d| d * 3);
     let mut last_heard = Instant::now();
@@ -335,7 +359,7 @@ async fn read_loop(
                 conn.kill("the broker stopped answering keepalive pings");
                 return;
             }
-            frame = wire::read_frame::<_, Response>(&mut reader) => match frame {
+            frame = reader.next::<Response>() => match frame {
                 Ok(Some(response)) => {
                     last_heard = Instant::now();
                     conn.route(response);
@@ -422,7 +446,7 @@ impl Drop for InFlight<'_> {
         match self.stash {
             Some(stash) => {
                 if let Ok(Ok(Resp::Message(m))) = rx.try_recv() {
-                    lock(stash).push_back((self.conn.gen, m.into()));
+                    stash.push(self.conn.gen, m.into());
                 }
                 // The pending entry stays: the server answers the cancel (or sends the
                 // message it already had, which `route` stashes), and that answer removes it.
@@ -559,18 +583,6 @@ impl RemoteSubscription {
         }
     }
 
-    /// A stashed message of the live connection; those of dead ones are dropped (the server
-    /// returned them to the subscription).
-    fn unstash(&self, gen: u64) -> Option<ReceivedMessage> {
-        let mut stash = lock(&self.stash);
-        while let Some((g, m)) = stash.pop_front() {
-            if g == gen {
-                return Some(m);
-            }
-        }
-        None
-    }
-
     /// Acks or nacks over the connection the delivery came on.
     async fn settle(&self, id: &MessageId, ack: bool) -> Result<(), BrokerError> {
         self.check_open()?;
@@ -613,19 +625,31 @@ impl Subscription for RemoteSubscription {
         self.check_open()?;
         let config = &self.client.config;
         let (conn, subscription) = within(config.call_timeout, "subscribe", self.bind()).await?;
-        let message = match self.unstash(conn.gen) {
-            Some(m) => m,
-            None => {
-                within(config.receive_timeout, "receive", async {
-                    let op = Req::Receive { subscription };
-                    match call(&conn, op, Some(&self.stash)).await? {
-                        Resp::Message(m) => Ok(ReceivedMessage::from(m)),
-                        other => Err(unexpected("receive", other)),
+        let message = within(config.receive_timeout, "receive", async {
+            loop {
+                let stashed = self.stash.added.notified();
+                tokio::pin!(stashed);
+                stashed.as_mut().enable();
+                if let Some(m) = self.stash.pop(conn.gen) {
+                    return Ok(m);
+                }
+                // A message stashed meanwhile (one a cancelled receive had already taken on
+                // the server) is taken from the stash; this receive is then cancelled, and
+                // whatever it had taken is stashed in turn.
+                let op = Req::Receive { subscription };
+                tokio::select! {
+                    biased;
+                    answer = call(&conn, op, Some(&self.stash)) => {
+                        return match answer? {
+                            Resp::Message(m) => Ok(ReceivedMessage::from(m)),
+                            other => Err(unexpected("receive", other)),
+                        };
                     }
-                })
-                .await?
+                    _ = &mut stashed => {}
+                }
             }
-        };
+        })
+        .await?;
         lock(&self.held).insert(message.id.clone(), conn.gen);
         Ok(message)
     }

@@ -232,7 +232,8 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (mut reader, mut writer) = tokio::io::split(stream);
+        let (reader, mut writer) = tokio::io::split(stream);
+        let mut reader = wire::FrameReader::new(reader);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let replier = Replier(out_tx);
         let (writer_failed_tx, mut writer_failed) = oneshot::channel::<io::Error>();
@@ -260,7 +261,7 @@ impl Connection {
                 _ = sleep_until_opt(idle_deadline) => {
                     break Err(io::Error::new(io::ErrorKind::TimedOut, "client went silent"));
                 }
-                frame = wire::read_frame::<_, Request>(&mut reader) => match frame {
+                frame = reader.next::<Request>() => match frame {
                     Ok(Some(request)) => {
                         last_heard = Instant::now();
                         self.handle(request, &replier);

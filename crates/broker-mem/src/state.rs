@@ -93,6 +93,10 @@ pub(crate) struct Sub {
     pub(crate) acked_above: BTreeSet<u64>,
     /// Key_Shared: which consumer holds unacknowledged messages of a key, and how many.
     pub(crate) key_holders: BTreeMap<String, (u64, usize)>,
+    /// Receives waiting for a message, in arrival order: ticket → consumer. Messages go to
+    /// them first come, first served, so waiting consumers take turns.
+    pub(crate) waiters: BTreeMap<u64, u64>,
+    next_ticket: u64,
     pub(crate) counters: SubCounters,
 }
 
@@ -111,6 +115,8 @@ impl Sub {
             acked_below: start,
             acked_above: BTreeSet::new(),
             key_holders: BTreeMap::new(),
+            waiters: BTreeMap::new(),
+            next_ticket: 0,
             counters: SubCounters::default(),
         }
     }
@@ -153,6 +159,24 @@ impl Sub {
             return None;
         }
         self.consumers.iter().nth((fnv1a(key.as_bytes()) % n) as usize).copied()
+    }
+
+    /// How many waiting receives that could take the same messages are ahead of this one
+    /// (all of them for a receive that is not waiting yet). Key_Shared does not queue: its
+    /// messages are not interchangeable between consumers.
+    fn rank(&self, ticket: Option<u64>) -> usize {
+        let ahead = match ticket {
+            Some(t) => self.waiters.range(..t),
+            None => self.waiters.range(..),
+        };
+        match self.kind {
+            SubscriptionType::Shared | SubscriptionType::Exclusive => ahead.count(),
+            SubscriptionType::Failover => {
+                let active = self.consumers.first();
+                ahead.filter(|(_, c)| Some(*c) == active).count()
+            }
+            SubscriptionType::KeyShared => 0,
+        }
     }
 
     /// The next position `consumer` may be given, if any.
@@ -406,19 +430,28 @@ impl State {
             .clone()
     }
 
-    /// Gives the consumer its next delivery, if one is ready; otherwise when to look again
-    /// (the earliest nack delay running out), if ever.
+    /// Gives the consumer its next delivery, if one is ready and no receive waiting longer
+    /// is due it first; otherwise when to look again (the earliest nack delay running out), if
+    /// ever. `ticket` is the receive's place in the queue of waiting receives, if it has one;
+    /// it leaves the queue with the delivery.
     pub(crate) fn take(
         &mut self,
         consumer: u64,
+        ticket: Option<u64>,
         now: Instant,
     ) -> Result<ReceivedMessage, Option<Instant>> {
         let (info, topic) = self.parts_mut(consumer);
         let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
         sub.promote_due(now);
+        if sub.available.len() <= sub.rank(ticket) {
+            return Err(sub.next_due());
+        }
         let Some(seq) = sub.pick(consumer, &topic.log) else {
             return Err(sub.next_due());
         };
+        if let Some(t) = ticket {
+            sub.waiters.remove(&t);
+        }
         sub.available.remove(&seq);
         sub.unacked.insert(seq, consumer);
         sub.hold_key(&topic.log, seq, consumer);
@@ -446,11 +479,36 @@ impl State {
         Ok(message)
     }
 
+    /// Queues a receive of `consumer` that found nothing; its ticket.
+    pub(crate) fn enqueue(&mut self, consumer: u64) -> u64 {
+        let (info, topic) = self.parts_mut(consumer);
+        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        sub.next_ticket += 1;
+        sub.waiters.insert(sub.next_ticket, consumer);
+        sub.next_ticket
+    }
+
+    /// Removes a receive that stopped waiting (it failed, or its future was dropped), and lets
+    /// the receives behind it look again.
+    pub(crate) fn dequeue(&mut self, consumer: u64, ticket: u64) {
+        let (info, topic) = self.parts_mut(consumer);
+        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        if sub.waiters.remove(&ticket).is_some() {
+            sub.notify.notify_waiters();
+        }
+    }
+
     /// Checks that `id` is a delivery this consumer holds; returns its position.
     ///
     /// `Ok(None)` means it was acknowledged already (a no-op for ack and nack).
     fn held(&mut self, consumer: u64, id: &MessageId) -> Result<Option<u64>, BrokerError> {
-        let (topic_index, seq) = id::decode(id)?;
+        let (topic_index, seq) = match id::decode(id) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.counters.rejected_acks += 1;
+                return Err(e);
+            }
+        };
         let (info, topic) = self.parts_mut(consumer);
         if topic_index != topic.index {
             return Err(BrokerError::new(
@@ -634,7 +692,7 @@ mod tests {
             .collect();
         let now = Instant::now();
         for _ in 0..4 {
-            st.take(c, now).unwrap();
+            st.take(c, None, now).unwrap();
         }
         st.ack(c, &ids[2]).unwrap();
         st.ack(c, &ids[0]).unwrap();
@@ -661,7 +719,7 @@ mod tests {
         let mut owner: BTreeMap<String, u64> = BTreeMap::new();
         let mut got = 0;
         for c in [a, b, a, b].into_iter().cycle().take(200) {
-            if let Ok(m) = st.take(c, now) {
+            if let Ok(m) = st.take(c, None, now) {
                 got += 1;
                 let prev = owner.insert(m.key.clone().unwrap(), c);
                 assert!(prev.is_none() || prev == Some(c), "key moved between consumers");
@@ -678,10 +736,10 @@ mod tests {
         let b = st.subscribe(&spec(SubscriptionType::Failover)).unwrap();
         st.publish("t", OutgoingMessage::new("x"));
         let now = Instant::now();
-        assert!(st.take(b, now).is_err());
-        let m = st.take(a, now).unwrap();
+        assert!(st.take(b, None, now).is_err());
+        let m = st.take(a, None, now).unwrap();
         st.remove_consumer(a, ConsumerStatus::Closed);
-        let again = st.take(b, now).unwrap();
+        let again = st.take(b, None, now).unwrap();
         assert_eq!((again.id, again.redelivery_count), (m.id, 1));
     }
 }

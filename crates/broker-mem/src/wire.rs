@@ -254,31 +254,65 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     frame
 }
 
-/// Reads one frame; `Ok(None)` on a clean end of stream between frames. Not cancel-safe: a
-/// frame half read is lost, so only cancel it when abandoning the stream.
-pub(crate) async fn read_frame<R, T>(reader: &mut R) -> io::Result<Option<T>>
-where
-    R: AsyncRead + Unpin,
-    T: serde::de::DeserializeOwned,
-{
-    let mut len = [0u8; 4];
-    match reader.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+/// Reads frames from a stream. [`FrameReader::next`] is cancel-safe: bytes are only taken
+/// from the stream into the reader's own buffer, so a `select!` may drop a pending `next`
+/// without losing part of a frame.
+pub(crate) struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    scratch: Box<[u8]>,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(inner: R) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            buf: Vec::new(),
+            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+        }
     }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
-        ));
+
+    /// The next frame; `Ok(None)` on a clean end of stream between frames.
+    pub(crate) async fn next<T: serde::de::DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(Some(frame));
+            }
+            let n = self.inner.read(&mut self.scratch).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "stream ended inside a frame",
+                    ))
+                };
+            }
+            self.buf.extend_from_slice(&self.scratch[..n]);
+        }
     }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+
+    /// A complete frame from the buffer, if there is one.
+    fn parse<T: serde::de::DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"),
+            ));
+        }
+        let Some(body) = self.buf.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let frame = serde_json::from_slice(body)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.buf.drain(..4 + len);
+        Ok(Some(frame))
+    }
 }
 
 /// Writes already encoded frames and flushes.
@@ -308,23 +342,42 @@ mod tests {
             id: 7,
             result: Resp::Message(message.clone().into()),
         });
-        let mut reader = &frame[..];
-        let back: Response = read_frame(&mut reader).await.unwrap().unwrap();
+        let mut reader = FrameReader::new(&frame[..]);
+        let back: Response = reader.next().await.unwrap().unwrap();
         assert_eq!(back.id, 7);
         match back.result {
             Resp::Message(m) => assert_eq!(ReceivedMessage::from(m), message),
             other => panic!("unexpected {other:?}"),
         }
-        let mut empty: &[u8] = &[];
-        assert!(read_frame::<_, Response>(&mut empty).await.unwrap().is_none());
+        assert!(reader.next::<Response>().await.unwrap().is_none());
+        let mut cut = FrameReader::new(&frame[..frame.len() - 1]);
+        assert!(cut.next::<Response>().await.is_err());
     }
 
     #[tokio::test]
     async fn oversized_and_garbage_frames_are_errors() {
-        let mut huge: &[u8] = &[0xff, 0xff, 0xff, 0xff];
-        assert!(read_frame::<_, Response>(&mut huge).await.is_err());
-        let mut garbage: &[u8] = &[0, 0, 0, 3, b'x', b'y', b'z'];
-        assert!(read_frame::<_, Response>(&mut garbage).await.is_err());
+        let huge: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+        assert!(FrameReader::new(huge).next::<Response>().await.is_err());
+        let garbage: &[u8] = &[0, 0, 0, 3, b'x', b'y', b'z'];
+        assert!(FrameReader::new(garbage).next::<Response>().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn reading_survives_cancellation_mid_frame() {
+        let frame = encode(&Response {
+            id: 1,
+            result: Resp::Done,
+        });
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(rx);
+        tx.write_all(&frame[..3]).await.unwrap();
+        // A pending read is dropped with part of the frame buffered...
+        let r = tokio::time::timeout(std::time::Duration::from_millis(10), reader.next::<Response>()).await;
+        assert!(r.is_err());
+        tx.write_all(&frame[3..]).await.unwrap();
+        // ...and the next read still gets the whole frame.
+        let back: Response = reader.next().await.unwrap().unwrap();
+        assert_eq!(back.id, 1);
     }
 
     #[test]
