@@ -260,6 +260,18 @@ impl Partitions {
     }
 }
 
+/// Whether a stream error is about one message that could not be decoded (rather than about
+/// the consumer).
+fn is_undecodable(error: &pulsar::Error) -> bool {
+    matches!(
+        error,
+        pulsar::Error::Connection(pulsar::error::ConnectionError::Decoding(_))
+            | pulsar::Error::Consumer(pulsar::error::ConsumerError::Connection(
+                pulsar::error::ConnectionError::Decoding(_)
+            ))
+    ) || error_kind(error) == ErrorKind::Decode
+}
+
 /// `persistent://t/n/name-partition-3` → 3.
 fn partition_index(topic: &str) -> Option<i32> {
     let (_, suffix) = topic.rsplit_once("-partition-")?;
@@ -484,10 +496,16 @@ impl ConsumerTask {
                 self.last_alive = Instant::now();
                 self.staged = self.convert(message);
             }
-            Some(Err(error)) => {
+            Some(Err(error)) if is_undecodable(&error) => {
                 // A message the crate could not decode (unknown compression, bad batch): it
                 // stays unacked at the broker and comes back after the next reconnect.
-                tracing::warn!(topic = %self.spec.topic, subscription = %self.spec.subscription, %error, kind = %error_kind(&error), "undeliverable message skipped");
+                tracing::warn!(topic = %self.spec.topic, subscription = %self.spec.subscription, %error, "undecodable message skipped");
+            }
+            Some(Err(error)) => {
+                // The crate's engine failed to re-subscribe (e.g. after a topic unload the
+                // topic was still loading) and goes on without a consumer at the broker.
+                tracing::warn!(topic = %self.spec.topic, subscription = %self.spec.subscription, %error, kind = %error_kind(&error), "consumer lost its subscription; rebuilding");
+                self.drop_consumer();
             }
             None => {
                 tracing::warn!(topic = %self.spec.topic, subscription = %self.spec.subscription, "consumer stream ended (connection lost); rebuilding");
@@ -588,11 +606,19 @@ impl ConsumerTask {
             .operation_timeout
             .min(HEALTH_CHECK_TIMEOUT);
         let lost_partitions = consumer.topics().len() < self.partitions.expected;
+        // Consumer stats come from the broker: they fail when the broker no longer knows this
+        // consumer, which a ping of the connection would not notice.
         let result = if lost_partitions {
             Err("a partition consumer stopped".to_string())
         } else {
-            match timeout(limit, consumer.check_connection()).await {
-                Ok(Ok(())) => Ok(()),
+            match timeout(limit, consumer.get_stats()).await {
+                Ok(Ok(stats)) => match stats.iter().find_map(|s| s.error_code) {
+                    None => Ok(()),
+                    Some(code) => Err(format!(
+                        "the broker does not know the consumer ({:?})",
+                        pulsar::proto::ServerError::try_from(code)
+                    )),
+                },
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("no answer within {limit:?}")),
             }

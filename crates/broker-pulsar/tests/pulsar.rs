@@ -543,3 +543,101 @@ async fn partitioned_topics_route_acks_to_their_partition() {
     })
     .await;
 }
+
+/// Messages compressed by a foreign producer (here the pulsar crate with ZSTD and LZ4) are
+/// decompressed (the default `compression` feature).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_messages_from_foreign_producers_decode() {
+    use backstop_pulsar::pulsar::compression::{Compression, CompressionLz4, CompressionZstd};
+    bounded(LIMIT, async {
+        let broker = connect().await;
+        for (name, compression) in [
+            ("zstd", Compression::Zstd(CompressionZstd::default())),
+            ("lz4", Compression::Lz4(CompressionLz4::default())),
+        ] {
+            let topic = unique(name);
+            let sub = broker
+                .subscribe(&SubscriptionSpec::new(&topic, "s"))
+                .await
+                .expect("subscribe");
+            let mut producer = broker
+                .client()
+                .producer()
+                .with_topic(topic.clone())
+                .with_options(ProducerOptions {
+                    compression: Some(compression),
+                    ..Default::default()
+                })
+                .build()
+                .await
+                .expect("compressing producer");
+            let body = "compress me ".repeat(100);
+            producer
+                .send_non_blocking(body.clone())
+                .await
+                .expect("enqueue")
+                .await
+                .expect("stored");
+            let m = recv(&*sub, WAIT).await;
+            assert_eq!(text(&m), body, "{name}");
+            sub.ack(&m.id).await.expect("ack");
+            sub.close().await.expect("close");
+        }
+    })
+    .await;
+}
+
+/// A topic unload (what the broker's load balancer does) closes producers and consumers on the
+/// broker side; the same producer and subscription carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_and_subscription_survive_a_topic_unload() {
+    bounded(LIMIT, async {
+        let broker = connect().await;
+        let topic = unique("unload");
+        let sub = broker
+            .subscribe(&SubscriptionSpec::new(&topic, "s"))
+            .await
+            .expect("subscribe");
+        let producer = broker.producer(&topic).await.expect("producer");
+        producer
+            .send(OutgoingMessage::new("one"))
+            .await
+            .expect("send");
+        let held = recv(&*sub, WAIT).await;
+        for round in 0..2 {
+            http_put(
+                &admin(),
+                &format!("/admin/v2/persistent/public/default/{topic}/unload"),
+                "",
+            )
+            .await
+            .expect("unload the topic");
+            let started = Instant::now();
+            loop {
+                match producer
+                    .send(OutgoingMessage::new(format!("after-{round}")))
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) => {
+                        assert!(
+                            matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+                            "{e}"
+                        );
+                        assert!(started.elapsed() < Duration::from_secs(30), "{e}");
+                    }
+                }
+            }
+            let mut got = BTreeSet::new();
+            while !got.contains(&format!("after-{round}")) {
+                let m = recv(&*sub, Duration::from_secs(30)).await;
+                sub.ack(&m.id).await.expect("ack");
+                got.insert(text(&m));
+            }
+        }
+        // the delivery from before the unloads can still be acked
+        sub.ack(&held.id).await.expect("ack");
+        sub.close().await.expect("close");
+    })
+    .await;
+}
