@@ -27,35 +27,45 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sleeps the operation's injected latency, then decides whether it may run.
-    ///
-    /// `check` runs under the lock before the fault rules, so a closed handle reports that
-    /// rather than an injected fault.
+    /// Sleeps the operation's injected latency (if any), then decides whether it may run.
     async fn admit(
         &self,
         op: Op,
         check: impl Fn(&State) -> Result<(), BrokerError>,
     ) -> Result<(u64, Verdict), BrokerError> {
         let (latency, gen) = {
-            let st = self.lock();
-            (st.faults.latency(op), st.faults.crash_gen)
+            let mut st = self.lock();
+            let gen = st.faults.crash_gen;
+            let latency = st.faults.latency(op);
+            if latency.is_zero() {
+                return decide(&mut st, op, gen, &check);
+            }
+            (latency, gen)
         };
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let mut st = self.lock();
-        check(&st)?;
-        match st.faults.admit(op, gen) {
-            Ok(verdict) => {
-                if verdict.fail_after.is_some() {
-                    st.counters.injected_faults += 1;
-                }
-                Ok((gen, verdict))
-            }
-            Err(e) => {
+        tokio::time::sleep(latency).await;
+        decide(&mut self.lock(), op, gen, &check)
+    }
+}
+
+/// Whether an operation that started at crash generation `gen` may run: its handle's own
+/// check first (a closed consumer reports that rather than an injected fault), then faults.
+fn decide(
+    st: &mut State,
+    op: Op,
+    gen: u64,
+    check: &impl Fn(&State) -> Result<(), BrokerError>,
+) -> Result<(u64, Verdict), BrokerError> {
+    check(st)?;
+    match st.faults.admit(op, gen) {
+        Ok(verdict) => {
+            if verdict.fail_after.is_some() {
                 st.counters.injected_faults += 1;
-                Err(e)
             }
+            Ok((gen, verdict))
+        }
+        Err(e) => {
+            st.counters.injected_faults += 1;
+            Err(e)
         }
     }
 }
@@ -196,7 +206,11 @@ impl Broker for MemBroker {
             topic: topic.to_owned(),
             epoch,
         };
-        finish(Op::CreateProducer, verdict, Arc::new(producer) as Arc<dyn Producer>)
+        finish(
+            Op::CreateProducer,
+            verdict,
+            Arc::new(producer) as Arc<dyn Producer>,
+        )
     }
 
     async fn subscribe(
@@ -215,7 +229,11 @@ impl Broker for MemBroker {
             notify,
         };
         // On an after-effect failure the handle is dropped here, which closes the consumer.
-        finish(Op::Subscribe, verdict, Arc::new(subscription) as Arc<dyn Subscription>)
+        finish(
+            Op::Subscribe,
+            verdict,
+            Arc::new(subscription) as Arc<dyn Subscription>,
+        )
     }
 }
 
@@ -392,4 +410,3 @@ impl Drop for MemSubscription {
             .remove_consumer(self.consumer, ConsumerStatus::Closed);
     }
 }
-

@@ -153,7 +153,12 @@ impl Broker for RemoteBroker {
             topic: topic.to_owned(),
             bound: tokio::sync::Mutex::new(None),
         };
-        within(self.client.config.call_timeout, "create producer", producer.bind()).await?;
+        within(
+            self.client.config.call_timeout,
+            "create producer",
+            producer.bind(),
+        )
+        .await?;
         Ok(Arc::new(producer))
     }
 
@@ -169,7 +174,12 @@ impl Broker for RemoteBroker {
             held: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
         };
-        within(self.client.config.call_timeout, "subscribe", subscription.bind()).await?;
+        within(
+            self.client.config.call_timeout,
+            "subscribe",
+            subscription.bind(),
+        )
+        .await?;
         Ok(Arc::new(subscription))
     }
 }
@@ -297,7 +307,9 @@ impl Conn {
         };
         self.stop.send_replace(true);
         for (_, call) in calls {
-            let _ = call.tx.send(Err(BrokerError::connection(reason.to_owned())));
+            let _ = call
+                .tx
+                .send(Err(BrokerError::connection(reason.to_owned())));
         }
     }
 
@@ -480,9 +492,11 @@ async fn within<T>(
     fut: impl Future<Output = Result<T, BrokerError>>,
 ) -> Result<T, BrokerError> {
     match limit {
-        Some(d) => tokio::time::timeout(d, fut)
-            .await
-            .unwrap_or_else(|_| Err(BrokerError::timeout(format!("{what} timed out after {d:?}")))),
+        Some(d) => tokio::time::timeout(d, fut).await.unwrap_or_else(|_| {
+            Err(BrokerError::timeout(format!(
+                "{what} timed out after {d:?}"
+            )))
+        }),
         None => fut.await,
     }
 }

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 use crate::wire::{self, Req, Request, Resp, Response};
 
-/// Something that accepts connections: a tokio `TcpListener`, or (with the `turmoil` feature)
-/// a turmoil one.
+/// Something that accepts connections: a tokio `TcpListener`, or a turmoil one (so a
+/// [`Server`] runs as a turmoil host).
 pub trait Listener: Send + 'static {
     /// The connection type.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -39,7 +39,6 @@ impl Listener for tokio::net::TcpListener {
     }
 }
 
-#[cfg(feature = "turmoil")]
 impl Listener for turmoil::net::TcpListener {
     type Stream = turmoil::net::TcpStream;
     async fn accept(&mut self) -> io::Result<Self::Stream> {
@@ -149,6 +148,36 @@ impl Server {
             .await;
         lock(&self.inner.conns).remove(&conn_id);
         result
+    }
+
+    /// A connection to this server over an in-memory pipe (`tokio::io::duplex`), served on a
+    /// new task: the wire protocol without sockets, so it also runs under paused time.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::Arc;
+    /// use backstop_engine::broker::{Broker, OutgoingMessage};
+    /// use backstop_mem::{MemBroker, RemoteBroker, Server};
+    ///
+    /// let broker = MemBroker::new();
+    /// let server = Server::new(Arc::new(broker.clone()));
+    /// let remote = RemoteBroker::new(move || {
+    ///     let stream = server.connect_in_memory();
+    ///     async move { Ok(stream) }
+    /// });
+    /// remote.producer("t").await.unwrap().send(OutgoingMessage::new("x")).await.unwrap();
+    /// assert_eq!(broker.topic_payloads("t"), vec![b"x".to_vec()]);
+    /// # }
+    /// ```
+    pub fn connect_in_memory(&self) -> tokio::io::DuplexStream {
+        let (client, server_end) = tokio::io::duplex(256 * 1024);
+        let server = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server.serve_connection(server_end).await {
+                tracing::debug!(error = %e, "in-memory broker connection ended with an error");
+            }
+        });
+        client
     }
 
     /// Ends every open connection, as a network failure would: their pending calls fail on
@@ -423,7 +452,11 @@ impl Connection {
         how: Settle,
         reply: Replier,
     ) {
-        let Some(sub) = lock(&self.handles).subscriptions.get(&subscription).cloned() else {
+        let Some(sub) = lock(&self.handles)
+            .subscriptions
+            .get(&subscription)
+            .cloned()
+        else {
             reply.send(id, Resp::error(&unknown("subscription", subscription)));
             return;
         };

@@ -158,7 +158,10 @@ impl Sub {
         if n == 0 {
             return None;
         }
-        self.consumers.iter().nth((fnv1a(key.as_bytes()) % n) as usize).copied()
+        self.consumers
+            .iter()
+            .nth((fnv1a(key.as_bytes()) % n) as usize)
+            .copied()
     }
 
     /// How many waiting receives that could take the same messages are ahead of this one
@@ -351,16 +354,13 @@ impl State {
         let consumer = self.next_consumer + 1;
         let t = self.topic_mut(&spec.topic);
         let log_len = t.log.len() as u64;
-        let sub = t
-            .subs
-            .entry(spec.subscription.clone())
-            .or_insert_with(|| {
-                let start = match initial {
-                    InitialPosition::Latest => log_len,
-                    InitialPosition::Earliest => 0,
-                };
-                Sub::new(spec, start, log_len)
-            });
+        let sub = t.subs.entry(spec.subscription.clone()).or_insert_with(|| {
+            let start = match initial {
+                InitialPosition::Latest => log_len,
+                InitialPosition::Earliest => 0,
+            };
+            Sub::new(spec, start, log_len)
+        });
         if !sub.consumers.is_empty() {
             if sub.kind != spec.kind {
                 return Err(BrokerError::new(
@@ -441,7 +441,10 @@ impl State {
         now: Instant,
     ) -> Result<ReceivedMessage, Option<Instant>> {
         let (info, topic) = self.parts_mut(consumer);
-        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        let sub = topic
+            .subs
+            .get_mut(&info.subscription)
+            .expect("consumer's sub");
         sub.promote_due(now);
         if sub.available.len() <= sub.rank(ticket) {
             return Err(sub.next_due());
@@ -482,7 +485,10 @@ impl State {
     /// Queues a receive of `consumer` that found nothing; its ticket.
     pub(crate) fn enqueue(&mut self, consumer: u64) -> u64 {
         let (info, topic) = self.parts_mut(consumer);
-        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        let sub = topic
+            .subs
+            .get_mut(&info.subscription)
+            .expect("consumer's sub");
         sub.next_ticket += 1;
         sub.waiters.insert(sub.next_ticket, consumer);
         sub.next_ticket
@@ -492,7 +498,10 @@ impl State {
     /// the receives behind it look again.
     pub(crate) fn dequeue(&mut self, consumer: u64, ticket: u64) {
         let (info, topic) = self.parts_mut(consumer);
-        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        let sub = topic
+            .subs
+            .get_mut(&info.subscription)
+            .expect("consumer's sub");
         if sub.waiters.remove(&ticket).is_some() {
             sub.notify.notify_waiters();
         }
@@ -513,10 +522,16 @@ impl State {
         if topic_index != topic.index {
             return Err(BrokerError::new(
                 ErrorKind::Invalid,
-                format!("message id {id} belongs to another topic than `{}`", info.topic),
+                format!(
+                    "message id {id} belongs to another topic than `{}`",
+                    info.topic
+                ),
             ));
         }
-        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        let sub = topic
+            .subs
+            .get_mut(&info.subscription)
+            .expect("consumer's sub");
         if sub.unacked.get(&seq) == Some(&consumer) {
             return Ok(Some(seq));
         }
@@ -544,7 +559,10 @@ impl State {
             return Ok(());
         };
         let (info, topic) = self.parts_mut(consumer);
-        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        let sub = topic
+            .subs
+            .get_mut(&info.subscription)
+            .expect("consumer's sub");
         sub.unacked.remove(&seq);
         sub.release_key(&topic.log, seq);
         sub.deliveries.remove(&seq);
@@ -565,7 +583,10 @@ impl State {
             return Ok(());
         };
         let (info, topic) = self.parts_mut(consumer);
-        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        let sub = topic
+            .subs
+            .get_mut(&info.subscription)
+            .expect("consumer's sub");
         sub.unacked.remove(&seq);
         sub.release_key(&topic.log, seq);
         if sub.nack_delay.is_zero() {
@@ -587,7 +608,10 @@ impl State {
             return;
         }
         info.status = status;
-        let sub = topic.subs.get_mut(&info.subscription).expect("consumer's sub");
+        let sub = topic
+            .subs
+            .get_mut(&info.subscription)
+            .expect("consumer's sub");
         sub.consumers.remove(&consumer);
         sub.return_all_of(&topic.log, consumer);
         sub.notify.notify_waiters();
@@ -722,7 +746,10 @@ mod tests {
             if let Ok(m) = st.take(c, None, now) {
                 got += 1;
                 let prev = owner.insert(m.key.clone().unwrap(), c);
-                assert!(prev.is_none() || prev == Some(c), "key moved between consumers");
+                assert!(
+                    prev.is_none() || prev == Some(c),
+                    "key moved between consumers"
+                );
                 st.ack(c, &m.id).unwrap();
             }
         }

@@ -372,7 +372,11 @@ mod tests {
         let mut reader = FrameReader::new(rx);
         tx.write_all(&frame[..3]).await.unwrap();
         // A pending read is dropped with part of the frame buffered...
-        let r = tokio::time::timeout(std::time::Duration::from_millis(10), reader.next::<Response>()).await;
+        let r = tokio::time::timeout(
+            std::time::Duration::from_millis(10),
+            reader.next::<Response>(),
+        )
+        .await;
         assert!(r.is_err());
         tx.write_all(&frame[3..]).await.unwrap();
         // ...and the next read still gets the whole frame.

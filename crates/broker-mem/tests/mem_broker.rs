@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_engine::broker::{
-    Broker, BrokerError, MessageId, OutgoingMessage, Subscription, SubscriptionSpec, SubscriptionType,
+    Broker, BrokerError, MessageId, OutgoingMessage, Subscription, SubscriptionSpec,
+    SubscriptionType,
 };
 use backstop_engine::core::ErrorKind;
 use backstop_mem::{InitialPosition, MemBroker, MemConfig, Op};
@@ -53,7 +54,10 @@ async fn latest_by_default_earliest_on_request() {
         .subscribe(&spec(SubscriptionType::Shared))
         .await
         .unwrap();
-    assert!(!ready(&sub).await, "latest: the old message is not delivered");
+    assert!(
+        !ready(&sub).await,
+        "latest: the old message is not delivered"
+    );
     assert_eq!(broker.topic_payloads("t"), vec![b"old".to_vec()]);
 
     let broker = MemBroker::with_config(MemConfig {
@@ -231,8 +235,7 @@ async fn shared_alternates_between_waiting_consumers() {
             .unwrap();
         tasks.push(tokio::spawn(async move {
             let mut n = 0;
-            while let Ok(Ok(m)) =
-                tokio::time::timeout(Duration::from_secs(1), sub.receive()).await
+            while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), sub.receive()).await
             {
                 sub.ack(&m.id).await.unwrap();
                 n += 1;
@@ -288,7 +291,11 @@ async fn injected_failures_are_used_up_in_order() {
             None
         ]
     );
-    assert_eq!(broker.topic_payloads("t").len(), 1, "failed sends publish nothing");
+    assert_eq!(
+        broker.topic_payloads("t").len(),
+        1,
+        "failed sends publish nothing"
+    );
 
     faults.fail_next(Op::Receive, 1, ErrorKind::Connection);
     faults.fail_next(Op::Ack, 1, ErrorKind::Timeout);
@@ -304,7 +311,12 @@ async fn injected_failures_are_used_up_in_order() {
 async fn futures_kinds(p: &dyn backstop_engine::broker::Producer) -> Vec<Option<ErrorKind>> {
     let mut out = Vec::new();
     for i in 0..4u8 {
-        out.push(p.send(OutgoingMessage::new(vec![i])).await.err().map(|e| e.kind()));
+        out.push(
+            p.send(OutgoingMessage::new(vec![i]))
+                .await
+                .err()
+                .map(|e| e.kind()),
+        );
     }
     out
 }
@@ -323,11 +335,19 @@ async fn after_effect_failures_take_effect() {
         p.send(OutgoingMessage::new("x")).await.err_kind(),
         ErrorKind::Timeout
     );
-    assert_eq!(broker.topic_payloads("t"), vec![b"x".to_vec()], "published anyway");
+    assert_eq!(
+        broker.topic_payloads("t"),
+        vec![b"x".to_vec()],
+        "published anyway"
+    );
 
     faults.fail_next_after_effect(Op::Receive, 1, ErrorKind::Connection);
     assert_eq!(sub.receive().await.err_kind(), ErrorKind::Connection);
-    assert_eq!(broker.unacked_count("t", "s"), 1, "the delivery is held, lost in transit");
+    assert_eq!(
+        broker.unacked_count("t", "s"),
+        1,
+        "the delivery is held, lost in transit"
+    );
     sub.close().await.unwrap();
     let sub = broker
         .subscribe(&spec(SubscriptionType::Shared))
@@ -383,7 +403,10 @@ async fn offline_fails_everything_then_nothing_changed() {
     faults.set_offline(true);
     assert!(faults.is_offline());
     assert_eq!(waiting.await.unwrap().err_kind(), ErrorKind::Connection);
-    assert_eq!(p.send(OutgoingMessage::new("y")).await.err_kind(), ErrorKind::Connection);
+    assert_eq!(
+        p.send(OutgoingMessage::new("y")).await.err_kind(),
+        ErrorKind::Connection
+    );
     assert_eq!(sub.ack(&m.id).await.err_kind(), ErrorKind::Connection);
     assert_eq!(broker.producer("t").await.err_kind(), ErrorKind::Connection);
     faults.set_offline(false);
@@ -403,7 +426,10 @@ async fn dropped_connections_need_new_handles() {
     p.send(OutgoingMessage::new("x")).await.unwrap();
     let m = sub.receive().await.unwrap();
     broker.faults().drop_connections();
-    assert_eq!(p.send(OutgoingMessage::new("y")).await.err_kind(), ErrorKind::Connection);
+    assert_eq!(
+        p.send(OutgoingMessage::new("y")).await.err_kind(),
+        ErrorKind::Connection
+    );
     assert_eq!(sub.ack(&m.id).await.err_kind(), ErrorKind::Connection);
     assert_eq!(sub.receive().await.err_kind(), ErrorKind::Connection);
     // The exclusive consumer was closed by the broker, so a new one can attach, and the
@@ -414,7 +440,13 @@ async fn dropped_connections_need_new_handles() {
         .unwrap();
     let again = sub.receive().await.unwrap();
     assert_eq!((again.id.clone(), again.redelivery_count), (m.id, 1));
-    broker.producer("t").await.unwrap().send(OutgoingMessage::new("y")).await.unwrap();
+    broker
+        .producer("t")
+        .await
+        .unwrap()
+        .send(OutgoingMessage::new("y"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -450,7 +482,10 @@ async fn crash_returns_deliveries_and_fails_in_flight_operations() {
     // Handles keep working; both messages come again with a redelivery count.
     let r1 = a.receive().await.unwrap();
     let r2 = a.receive().await.unwrap();
-    assert_eq!((r1.id.clone(), r2.id.clone()), (ids[0].clone(), ids[1].clone()));
+    assert_eq!(
+        (r1.id.clone(), r2.id.clone()),
+        (ids[0].clone(), ids[1].clone())
+    );
     assert_eq!((r1.redelivery_count, r2.redelivery_count), (1, 1));
     a.ack(&r1.id).await.unwrap();
     a.ack(&r2.id).await.unwrap();
@@ -552,7 +587,13 @@ async fn inspection_shows_the_state() {
     assert_eq!(messages[0].properties["p"], "1");
     let stats = broker.subscription_stats("orders", "billing").unwrap();
     assert_eq!(
-        (stats.consumers, stats.available, stats.unacked, stats.acked, stats.backlog()),
+        (
+            stats.consumers,
+            stats.available,
+            stats.unacked,
+            stats.acked,
+            stats.backlog()
+        ),
         (1, 1, 1, 0, 2)
     );
     assert_eq!(broker.unacked_count("orders", "billing"), 1);
@@ -561,7 +602,10 @@ async fn inspection_shows_the_state() {
     assert!(broker.subscription_stats("orders", "nope").is_none());
     assert!(broker.topic_messages("nope").is_empty());
     let c = broker.counters();
-    assert_eq!((c.published, c.delivered, c.subscribes, c.producers), (2, 1, 2, 1));
+    assert_eq!(
+        (c.published, c.delivered, c.subscribes, c.producers),
+        (2, 1, 2, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -573,7 +617,9 @@ async fn key_shared_rebalances_without_reordering_a_key() {
         .unwrap();
     let p = broker.producer("t").await.unwrap();
     for i in 0..4u8 {
-        p.send(OutgoingMessage::new(vec![i]).with_key("k")).await.unwrap();
+        p.send(OutgoingMessage::new(vec![i]).with_key("k"))
+            .await
+            .unwrap();
     }
     let first = a.receive().await.unwrap();
     // A second consumer joins; whoever owns "k" now, the next "k" message waits until the

@@ -63,7 +63,11 @@ async fn subscribe(
     subscribe_spec(env, f, &spec).await
 }
 
-async fn subscribe_spec(env: &Env, f: &Features, spec: &SubscriptionSpec) -> Check<Arc<dyn Subscription>> {
+async fn subscribe_spec(
+    env: &Env,
+    f: &Features,
+    spec: &SubscriptionSpec,
+) -> Check<Arc<dyn Subscription>> {
     within(f.timeout, "subscribe", env.broker.subscribe(spec))
         .await?
         .map_err(|e| {
@@ -88,7 +92,12 @@ async fn close(sub: &dyn Subscription, f: &Features) -> Check {
 
 /// Receives and acks until `n` messages came or `f.timeout` passed; returns them in arrival
 /// order.
-async fn drain(sub: &dyn Subscription, f: &Features, n: usize, what: &str) -> Check<Vec<ReceivedMessage>> {
+async fn drain(
+    sub: &dyn Subscription,
+    f: &Features,
+    n: usize,
+    what: &str,
+) -> Check<Vec<ReceivedMessage>> {
     let deadline = Instant::now() + f.timeout;
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
@@ -117,7 +126,11 @@ async fn roundtrip(env: &Env, f: &Features) -> Check {
     let topic = env.topic("roundtrip");
     let sub = subscribe(env, f, &topic, "s", SubscriptionType::Shared).await?;
     let p = producer(env, f, &topic).await?;
-    ensure!(same_topic(p.topic(), &topic), "producer reports topic {:?}", p.topic());
+    ensure!(
+        same_topic(p.topic(), &topic),
+        "producer reports topic {:?}",
+        p.topic()
+    );
     let full = OutgoingMessage::new(b"hello\0\xffworld".to_vec())
         .with_key("key-1")
         .with_property("trace-id", "abc")
@@ -130,8 +143,17 @@ async fn roundtrip(env: &Env, f: &Features) -> Check {
     got.push(recv(&*sub, f.timeout, "second message").await?);
     got.sort_by_key(|m| m.payload.is_empty());
     for (m, sent) in got.iter().zip([&full, &bare]) {
-        ensure!(same_topic(&m.topic, &topic), "message topic {:?}, expected {topic:?}", m.topic);
-        ensure!(m.payload == sent.payload, "payload {:?}, sent {:?}", m.payload, sent.payload);
+        ensure!(
+            same_topic(&m.topic, &topic),
+            "message topic {:?}, expected {topic:?}",
+            m.topic
+        );
+        ensure!(
+            m.payload == sent.payload,
+            "payload {:?}, sent {:?}",
+            m.payload,
+            sent.payload
+        );
         ensure!(m.key == sent.key, "key {:?}, sent {:?}", m.key, sent.key);
         ensure!(
             m.properties == sent.properties,
@@ -140,7 +162,11 @@ async fn roundtrip(env: &Env, f: &Features) -> Check {
             sent.properties
         );
         if f.redelivery_count {
-            ensure!(m.redelivery_count == 0, "first delivery has redelivery count {}", m.redelivery_count);
+            ensure!(
+                m.redelivery_count == 0,
+                "first delivery has redelivery count {}",
+                m.redelivery_count
+            );
         }
         ack(&*sub, &m.id, f.timeout).await?;
     }
@@ -173,7 +199,10 @@ async fn ordering_per_producer(env: &Env, f: &Features) -> Check {
             .filter(|p| p.starts_with(&format!("{name}-")))
             .collect();
         let want: Vec<String> = (0..PER_PRODUCER).map(|i| format!("{name}-{i}")).collect();
-        ensure!(seen == want, "producer {name}'s messages arrived as {seen:?}");
+        ensure!(
+            seen == want,
+            "producer {name}'s messages arrived as {seen:?}"
+        );
     }
     Ok(())
 }
@@ -186,11 +215,20 @@ async fn ack_removes(env: &Env, f: &Features) -> Check {
         send(&*p, OutgoingMessage::new(payload(i)), f.timeout).await?;
     }
     let got = drain(&*sub, f, 3, "three messages").await?;
-    ensure!(sorted(payloads(&got)) == expected(0..3), "received {:?}", payloads(&got));
+    ensure!(
+        sorted(payloads(&got)) == expected(0..3),
+        "received {:?}",
+        payloads(&got)
+    );
     expect_nothing(&*sub, f.quiet_period, "after acking everything").await?;
     close(&*sub, f).await?;
     let again = subscribe(env, f, &topic, "s", SubscriptionType::Shared).await?;
-    expect_nothing(&*again, f.quiet_period, "new consumer after everything was acked").await
+    expect_nothing(
+        &*again,
+        f.quiet_period,
+        "new consumer after everything was acked",
+    )
+    .await
 }
 
 async fn nack_redelivers(env: &Env, f: &Features) -> Check {
@@ -207,8 +245,17 @@ async fn nack_redelivers(env: &Env, f: &Features) -> Check {
         .map_err(|e| Failure::new(format!("nack failed: {e}")))?;
     let second = recv(&*sub, f.timeout + f.nack_redelivery_delay, "the redelivery").await?;
     let waited = nacked_at.elapsed();
-    ensure!(second.payload == first.payload, "redelivered {:?}", text(&second.payload));
-    ensure!(second.id == first.id, "redelivery has id {}, first delivery {}", second.id, first.id);
+    ensure!(
+        second.payload == first.payload,
+        "redelivered {:?}",
+        text(&second.payload)
+    );
+    ensure!(
+        second.id == first.id,
+        "redelivery has id {}, first delivery {}",
+        second.id,
+        first.id
+    );
     if f.redelivery_count {
         ensure!(
             (first.redelivery_count, second.redelivery_count) == (0, 1),
@@ -219,10 +266,19 @@ async fn nack_redelivers(env: &Env, f: &Features) -> Check {
     }
     if f.nack_delay {
         let least = f.nack_redelivery_delay.mul_f64(0.8);
-        ensure!(waited >= least, "redelivered after {waited:?}, nack delay is {:?}", f.nack_redelivery_delay);
+        ensure!(
+            waited >= least,
+            "redelivered after {waited:?}, nack delay is {:?}",
+            f.nack_redelivery_delay
+        );
     }
     ack(&*sub, &second.id, f.timeout).await?;
-    expect_nothing(&*sub, f.quiet_period.max(f.nack_redelivery_delay * 2), "after the ack").await
+    expect_nothing(
+        &*sub,
+        f.quiet_period.max(f.nack_redelivery_delay * 2),
+        "after the ack",
+    )
+    .await
 }
 
 async fn close_redelivers(env: &Env, f: &Features) -> Check {
@@ -234,15 +290,30 @@ async fn close_redelivers(env: &Env, f: &Features) -> Check {
     }
     let mut held = Vec::new();
     for i in 0..3 {
-        held.push(recv(&*a, f.timeout, &format!("message {i} on the first consumer")).await?);
+        held.push(
+            recv(
+                &*a,
+                f.timeout,
+                &format!("message {i} on the first consumer"),
+            )
+            .await?,
+        );
     }
     let b = subscribe(env, f, &topic, "s", SubscriptionType::Shared).await?;
     close(&*a, f).await?;
     let got = drain(&*b, f, 3, "the first consumer's messages on the second").await?;
-    ensure!(sorted(payloads(&got)) == expected(0..3), "second consumer got {:?}", payloads(&got));
+    ensure!(
+        sorted(payloads(&got)) == expected(0..3),
+        "second consumer got {:?}",
+        payloads(&got)
+    );
     if f.redelivery_count {
         for m in &got {
-            ensure!(m.redelivery_count >= 1, "{} redelivered with count 0", text(&m.payload));
+            ensure!(
+                m.redelivery_count >= 1,
+                "{} redelivered with count 0",
+                text(&m.payload)
+            );
         }
     }
     expect_nothing(&*b, f.quiet_period, "after acking the redeliveries").await
@@ -265,10 +336,12 @@ async fn receive_with_two(
             let mut got = Vec::new();
             while seen.lock().unwrap().len() < n && Instant::now() < deadline {
                 // Short receives, so this consumer notices when the other finished the job.
-                let Ok(r) = tokio::time::timeout(Duration::from_millis(50), sub.receive()).await else {
+                let Ok(r) = tokio::time::timeout(Duration::from_millis(50), sub.receive()).await
+                else {
                     continue;
                 };
-                let m = r.map_err(|e| Failure::new(format!("consumer {index}: receive failed: {e}")))?;
+                let m =
+                    r.map_err(|e| Failure::new(format!("consumer {index}: receive failed: {e}")))?;
                 ack(&*sub, &m.id, f.timeout).await?;
                 seen.lock().unwrap().insert(m.payload.clone());
                 got.push(m);
@@ -284,7 +357,11 @@ async fn receive_with_two(
         out[index] = got;
     }
     let total = seen.lock().unwrap().len();
-    ensure!(total == n, "only {total} of {n} messages arrived within {:?}", f.timeout);
+    ensure!(
+        total == n,
+        "only {total} of {n} messages arrived within {:?}",
+        f.timeout
+    );
     Ok(out)
 }
 
@@ -304,7 +381,10 @@ async fn shared_splits(env: &Env, f: &Features) -> Check {
     let [got_a, got_b] = consumers
         .await
         .map_err(|e| Failure::new(format!("consumers failed: {e}")))??;
-    let all: Vec<String> = payloads(&got_a).into_iter().chain(payloads(&got_b)).collect();
+    let all: Vec<String> = payloads(&got_a)
+        .into_iter()
+        .chain(payloads(&got_b))
+        .collect();
     ensure!(
         sorted(all.clone()) == expected(0..N),
         "got {} messages ({} distinct) instead of {N} once each",
@@ -327,16 +407,31 @@ async fn exclusive_rejects_second(env: &Env, f: &Features) -> Check {
     let topic = env.topic("exclusive");
     let spec = SubscriptionSpec::new(&topic, "s").with_type(SubscriptionType::Exclusive);
     let first = subscribe_spec(env, f, &spec).await?;
-    match within(f.timeout, "second exclusive subscribe", env.broker.subscribe(&spec)).await? {
+    match within(
+        f.timeout,
+        "second exclusive subscribe",
+        env.broker.subscribe(&spec),
+    )
+    .await?
+    {
         Ok(_) => fail!("a second consumer joined an exclusive subscription"),
         Err(e) if e.kind() == ErrorKind::Rejected => {}
-        Err(e) => fail!("second exclusive consumer refused with kind {}, expected rejected: {e}", e.kind()),
+        Err(e) => fail!(
+            "second exclusive consumer refused with kind {}, expected rejected: {e}",
+            e.kind()
+        ),
     }
     close(&*first, f).await?;
     // The broker may take a moment to let go of the first consumer.
     let deadline = Instant::now() + f.timeout;
     loop {
-        match within(f.timeout, "exclusive subscribe after close", env.broker.subscribe(&spec)).await? {
+        match within(
+            f.timeout,
+            "exclusive subscribe after close",
+            env.broker.subscribe(&spec),
+        )
+        .await?
+        {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Rejected && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -355,9 +450,17 @@ async fn subscriptions_independent(env: &Env, f: &Features) -> Check {
         send(&*p, OutgoingMessage::new(payload(i)), f.timeout).await?;
     }
     let got_one = drain(&*one, f, 5, "subscription one").await?;
-    ensure!(sorted(payloads(&got_one)) == expected(0..5), "subscription one got {:?}", payloads(&got_one));
+    ensure!(
+        sorted(payloads(&got_one)) == expected(0..5),
+        "subscription one got {:?}",
+        payloads(&got_one)
+    );
     let got_two = drain(&*two, f, 5, "subscription two").await?;
-    ensure!(sorted(payloads(&got_two)) == expected(0..5), "subscription two got {:?}", payloads(&got_two));
+    ensure!(
+        sorted(payloads(&got_two)) == expected(0..5),
+        "subscription two got {:?}",
+        payloads(&got_two)
+    );
     expect_nothing(&*one, f.quiet_period, "subscription one").await?;
     expect_nothing(&*two, f.quiet_period, "subscription two").await
 }
@@ -385,10 +488,23 @@ async fn dlq_publish(env: &Env, f: &Features) -> Check {
     send(&*dlq, record.clone(), f.timeout).await?;
     ack(&*work, &m.id, f.timeout).await?;
     let d = recv(&*dead, f.timeout, "the dead-letter record").await?;
-    ensure!(d.payload == original.payload, "dead-letter payload {:?}", text(&d.payload));
+    ensure!(
+        d.payload == original.payload,
+        "dead-letter payload {:?}",
+        text(&d.payload)
+    );
     ensure!(d.key == original.key, "dead-letter key {:?}", d.key);
-    ensure!(d.properties == record.properties, "dead-letter properties {:?}, sent {:?}", d.properties, record.properties);
-    ensure!(same_topic(&d.topic, &dlq_topic), "dead-letter record from topic {:?}", d.topic);
+    ensure!(
+        d.properties == record.properties,
+        "dead-letter properties {:?}, sent {:?}",
+        d.properties,
+        record.properties
+    );
+    ensure!(
+        same_topic(&d.topic, &dlq_topic),
+        "dead-letter record from topic {:?}",
+        d.topic
+    );
     ack(&*dead, &d.id, f.timeout).await?;
     expect_nothing(&*work, f.quiet_period, "the original after dead-lettering").await
 }
@@ -400,7 +516,11 @@ async fn latest_position(env: &Env, f: &Features) -> Check {
     let sub = subscribe(env, f, &topic, "late", SubscriptionType::Shared).await?;
     send(&*p, OutgoingMessage::new("after"), f.timeout).await?;
     let m = recv(&*sub, f.timeout, "the message sent after subscribing").await?;
-    ensure!(m.payload == b"after", "a new subscription got {:?} first", text(&m.payload));
+    ensure!(
+        m.payload == b"after",
+        "a new subscription got {:?} first",
+        text(&m.payload)
+    );
     ack(&*sub, &m.id, f.timeout).await?;
     expect_nothing(&*sub, f.quiet_period, "after the one message").await
 }
@@ -413,7 +533,11 @@ async fn cancel_safe_receive(env: &Env, f: &Features) -> Check {
     expect_nothing(&*sub, Duration::from_millis(50), "empty topic").await?;
     send(&*p, OutgoingMessage::new(payload(0)), f.timeout).await?;
     let first = recv(&*sub, f.timeout, "the message after a dropped receive").await?;
-    ensure!(first.payload == payload(0), "got {:?}", text(&first.payload));
+    ensure!(
+        first.payload == payload(0),
+        "got {:?}",
+        text(&first.payload)
+    );
     ack(&*sub, &first.id, f.timeout).await?;
 
     // Receives cancelled at many points while messages trickle in.
@@ -446,8 +570,14 @@ async fn cancel_safe_receive(env: &Env, f: &Features) -> Check {
     sender
         .await
         .map_err(|e| Failure::new(format!("sender failed: {e}")))??;
-    let missing: Vec<String> = (1..=N).map(|i| text(&payload(i))).filter(|p| !got.contains(p)).collect();
-    ensure!(missing.is_empty(), "lost across cancelled receives: {missing:?}");
+    let missing: Vec<String> = (1..=N)
+        .map(|i| text(&payload(i)))
+        .filter(|p| !got.contains(p))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "lost across cancelled receives: {missing:?}"
+    );
     expect_nothing(&*sub, f.quiet_period, "after receiving everything").await
 }
 
@@ -494,8 +624,15 @@ async fn many_messages(env: &Env, f: &Features) -> Check {
     sender
         .await
         .map_err(|e| Failure::new(format!("sender failed: {e}")))??;
-    let duplicates: Vec<String> = got.iter().filter(|(_, c)| **c > 1).map(|(p, _)| text(p)).collect();
-    ensure!(duplicates.is_empty(), "delivered more than once without any fault: {duplicates:?}");
+    let duplicates: Vec<String> = got
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(p, _)| text(p))
+        .collect();
+    ensure!(
+        duplicates.is_empty(),
+        "delivered more than once without any fault: {duplicates:?}"
+    );
     ensure!(
         got.keys().cloned().collect::<Vec<_>>() == {
             let mut all: Vec<Vec<u8>> = (0..n).map(payload).collect();
@@ -522,7 +659,11 @@ async fn failover(env: &Env, f: &Features) -> Check {
     let deadline = Instant::now() + f.timeout;
     let mut turn = 0;
     while by.len() < 5 {
-        ensure!(Instant::now() < deadline, "only {} of 5 messages arrived", by.len());
+        ensure!(
+            Instant::now() < deadline,
+            "only {} of 5 messages arrived",
+            by.len()
+        );
         let i = turn % 2;
         turn += 1;
         if let Ok(r) = tokio::time::timeout(Duration::from_millis(50), subs[i].receive()).await {
@@ -532,15 +673,28 @@ async fn failover(env: &Env, f: &Features) -> Check {
         }
     }
     let active: BTreeSet<usize> = by.values().copied().collect();
-    ensure!(active.len() == 1, "messages went to both failover consumers: {by:?}");
+    ensure!(
+        active.len() == 1,
+        "messages went to both failover consumers: {by:?}"
+    );
     let active = *active.first().expect("one");
     let standby = 1 - active;
     close(&*subs[active], f).await?;
     for i in 5..10 {
         send(&*p, OutgoingMessage::new(payload(i)), f.timeout).await?;
     }
-    let got = drain(&*subs[standby], f, 5, "messages after the active consumer closed").await?;
-    ensure!(sorted(payloads(&got)) == expected(5..10), "the standby got {:?}", payloads(&got));
+    let got = drain(
+        &*subs[standby],
+        f,
+        5,
+        "messages after the active consumer closed",
+    )
+    .await?;
+    ensure!(
+        sorted(payloads(&got)) == expected(5..10),
+        "the standby got {:?}",
+        payloads(&got)
+    );
     Ok(())
 }
 
@@ -593,7 +747,10 @@ async fn connection_loss(env: &Env, f: &Features) -> Check {
     let deadline = Instant::now() + f.timeout;
     let mut n = 0;
     loop {
-        ensure!(Instant::now() < deadline, "sends kept succeeding after the connection broke");
+        ensure!(
+            Instant::now() < deadline,
+            "sends kept succeeding after the connection broke"
+        );
         let m = payload(1000 + n);
         n += 1;
         match tokio::time::timeout(f.timeout, p.send(OutgoingMessage::new(m.clone()))).await {
@@ -609,9 +766,16 @@ async fn connection_loss(env: &Env, f: &Features) -> Check {
     match tokio::time::timeout(f.quiet_period, sub.receive()).await {
         Err(_) => {}
         Ok(Err(e)) if is_transient(e.kind()) => {}
-        Ok(Err(e)) => fail!("receive during the outage failed with kind {}: {e}", e.kind()),
+        Ok(Err(e)) => fail!(
+            "receive during the outage failed with kind {}: {e}",
+            e.kind()
+        ),
         // A message sent just before the cut may still arrive; it must be one we sent.
-        Ok(Ok(m)) => ensure!(sent.contains(&m.payload), "received {:?} during the outage", text(&m.payload)),
+        Ok(Ok(m)) => ensure!(
+            sent.contains(&m.payload),
+            "received {:?} during the outage",
+            text(&m.payload)
+        ),
     }
     faults.heal().await;
 
@@ -631,7 +795,10 @@ async fn connection_loss(env: &Env, f: &Features) -> Check {
     // The message held before the break is either still held (ack works) or was returned
     // (ack fails) and comes again.
     let mut outstanding: BTreeSet<Vec<u8>> = sent.iter().cloned().collect();
-    if within(f.timeout, "ack after healing", sub.ack(&held.id)).await?.is_ok() {
+    if within(f.timeout, "ack after healing", sub.ack(&held.id))
+        .await?
+        .is_ok()
+    {
         outstanding.remove(&held.payload);
     }
     let deadline = Instant::now() + f.timeout;

@@ -67,14 +67,22 @@ pub(crate) use {ensure, fail};
 pub(crate) type Check<T = ()> = Result<T, Failure>;
 
 /// Waits for `fut` at most `limit`.
-pub(crate) async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> Check<T> {
+pub(crate) async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> Check<T> {
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| Failure::new(format!("timed out after {limit:?} waiting for {what}")))
 }
 
 /// Receives one message within `limit`; a broker error fails the case.
-pub(crate) async fn recv(sub: &dyn Subscription, limit: Duration, what: &str) -> Check<ReceivedMessage> {
+pub(crate) async fn recv(
+    sub: &dyn Subscription,
+    limit: Duration,
+    what: &str,
+) -> Check<ReceivedMessage> {
     within(limit, what, sub.receive())
         .await?
         .map_err(|e| Failure::new(format!("receive ({what}) failed: {e}")))
