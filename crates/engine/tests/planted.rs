@@ -37,17 +37,21 @@ fn with_bug<T>(bug: Bug, f: impl FnOnce() -> T) -> T {
 /// counterexample, after checking that the same case passes without the bug.
 fn consumer_catches(bug: Bug) -> Violation {
     let found = with_bug(bug, || {
-        runner().run(
+        let r = runner().run(
             &(common::consumer_config(), common::consumer_ops(120)),
             |(cfg, ops)| {
                 replay_consumer(cfg, &ops)
                     .map(|_| ())
                     .map_err(|v| proptest::test_runner::TestCaseError::fail(v.to_string()))
             },
-        )
+        );
+        match r {
+            Err(TestError::Fail(_, case)) => Some(case),
+            _ => None,
+        }
     });
-    let Err(TestError::Fail(_, (cfg, ops))) = found else {
-        panic!("{bug:?}: no violation found in {MAX_CASES} consumer cases: {found:?}");
+    let Some((cfg, ops)) = found else {
+        panic!("{bug:?}: no violation found in {MAX_CASES} consumer cases");
     };
     let v = with_bug(bug, || replay_consumer(cfg, &ops)).expect_err("the case fails with the bug");
     replay_consumer(cfg, &ops).expect("the same case passes without the bug");
@@ -57,17 +61,21 @@ fn consumer_catches(bug: Bug) -> Violation {
 
 fn producer_catches(bug: Bug) -> Violation {
     let found = with_bug(bug, || {
-        runner().run(
+        let r = runner().run(
             &(common::producer_config(), common::producer_ops(120)),
             |(cfg, ops)| {
                 replay_producer(cfg, &ops)
                     .map(|_| ())
                     .map_err(|v| proptest::test_runner::TestCaseError::fail(v.to_string()))
             },
-        )
+        );
+        match r {
+            Err(TestError::Fail(_, case)) => Some(case),
+            _ => None,
+        }
     });
-    let Err(TestError::Fail(_, (cfg, ops))) = found else {
-        panic!("{bug:?}: no violation found in {MAX_CASES} producer cases: {found:?}");
+    let Some((cfg, ops)) = found else {
+        panic!("{bug:?}: no violation found in {MAX_CASES} producer cases");
     };
     let v = with_bug(bug, || replay_producer(cfg, &ops)).expect_err("the case fails with the bug");
     replay_producer(cfg, &ops).expect("the same case passes without the bug");

@@ -51,7 +51,7 @@ pub fn parse_duration(
 ) -> Result<std::time::Duration, ConfigError> {
     let text = text.trim();
     if let Ok(secs) = text.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 && secs < 1e12 {
+        if secs.is_finite() && (0.0..1e12).contains(&secs) {
             return Ok(std::time::Duration::from_secs_f64(secs));
         }
         return Err(ConfigError::new(

@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use super::breaker::{BreakerConfig, BreakerState, CircuitBreaker, Permit, Refusal, Transition};
 use super::config_error::ConfigError;
-use super::consumer::{DlqInfo, DlqReason};
+use super::consumer::{earliest, DlqInfo, DlqReason};
 use super::error::ErrorKind;
 use super::retry::RetryPolicy;
 use super::slab::{Key, Slab};
@@ -183,7 +183,11 @@ pub enum ProducerAction {
 }
 
 /// What happened, for metrics and logs.
+// `repr(u64)`: an 8-byte tag keeps the payload 8-aligned, so moving an event out of the queue is
+// plain aligned copies (a 1-byte tag made LLVM copy overlapping unaligned chunks and stall on
+// store forwarding in every driver's poll loop).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u64)]
 pub enum ProducerEvent {
     /// A publish was confirmed.
     Sent {
@@ -470,21 +474,20 @@ impl ProducerMachine {
                 _ => self.timers.pop(),
             }
         }
-        [
+        earliest(
             self.timers.peek().map(|(t, _)| t),
             self.breaker.poll_timeout(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        )
     }
 
     /// The next action to perform.
+    #[inline]
     pub fn poll_action(&mut self) -> Option<ProducerAction> {
         self.actions.pop_front()
     }
 
     /// The next event to record.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<ProducerEvent> {
         self.events.pop_front()
     }

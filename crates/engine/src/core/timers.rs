@@ -22,17 +22,20 @@ impl Timers {
         }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, at: Time, key: Key) {
         self.seq += 1;
         self.heap.push(Reverse((at, self.seq, key)));
     }
 
     /// The earliest entry, stale or not.
+    #[inline]
     pub(crate) fn peek(&self) -> Option<(Time, Key)> {
         self.heap.peek().map(|Reverse((t, _, k))| (*t, *k))
     }
 
     /// Pops the earliest entry if it is due at `now`.
+    #[inline]
     pub(crate) fn pop_due(&mut self, now: Time) -> Option<(Time, Key)> {
         match self.heap.peek() {
             Some(Reverse((t, _, _))) if *t <= now => {
@@ -43,6 +46,7 @@ impl Timers {
     }
 
     /// Drops the earliest entry.
+    #[inline]
     pub(crate) fn pop(&mut self) {
         self.heap.pop();
     }
