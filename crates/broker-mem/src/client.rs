@@ -67,7 +67,9 @@ type ConnectFn = Box<dyn Fn() -> ConnectFuture + Send + Sync>;
 /// Producers and subscriptions survive a broken connection: their next call reconnects
 /// (re-creating the producer, re-subscribing), while acks and nacks of deliveries received on
 /// the broken connection fail with Connection — the server returned those deliveries to the
-/// subscription when the connection ended, so they come again.
+/// subscription when the connection ended, so they come again. A re-subscription refused as
+/// Rejected (an Exclusive subscription whose old consumer the server has not closed yet) is
+/// retried every 50 ms for up to 5 s, within the call timeout.
 ///
 /// `receive` is cancel-safe here too: a message that arrives for a receive whose future was
 /// dropped is kept and returned by the subscription's next `receive`.
@@ -561,6 +563,10 @@ impl Producer for RemoteProducer {
     }
 }
 
+/// How often, and how far apart, a re-subscription refused as Rejected is tried again.
+const RESUBSCRIBE_TRIES: u32 = 100;
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_millis(50);
+
 /// A consumer on the other end of the connection.
 struct RemoteSubscription {
     client: Arc<Client>,
@@ -579,13 +585,27 @@ impl RemoteSubscription {
         if let Some((conn, handle)) = bound.as_ref().filter(|(c, _)| !c.is_dead()) {
             return Ok((conn.clone(), *handle));
         }
-        let conn = self.client.connection().await?;
-        match call(&conn, Req::subscribe(&self.spec), None).await? {
-            Resp::Subscribed { handle } => {
-                *bound = Some((conn.clone(), handle));
-                Ok((conn, handle))
+        // Subscribing again after a broken connection, the server may not have closed the
+        // old consumer yet (an Exclusive subscription then refuses the new one): retry a while
+        // rather than report a permanent error for a transient state.
+        let again = bound.is_some();
+        let mut attempts = 0;
+        loop {
+            let conn = self.client.connection().await?;
+            match call(&conn, Req::subscribe(&self.spec), None).await {
+                Ok(Resp::Subscribed { handle }) => {
+                    *bound = Some((conn.clone(), handle));
+                    return Ok((conn, handle));
+                }
+                Ok(other) => return Err(unexpected("subscribe", other)),
+                Err(e)
+                    if again && e.kind() == ErrorKind::Rejected && attempts < RESUBSCRIBE_TRIES =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                }
+                Err(e) => return Err(e),
             }
-            other => Err(unexpected("subscribe", other)),
         }
     }
 

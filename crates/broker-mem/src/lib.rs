@@ -83,8 +83,12 @@
 //!
 //! [`Server`] serves any `Arc<dyn Broker>` over streams (see its example); [`RemoteBroker`]
 //! is the client, built on a connect function so it works with tokio's and turmoil's
-//! `TcpStream` alike. The protocol (length-prefixed JSON frames with request ids) is described
-//! in the `wire` module's source.
+//! `TcpStream` alike; [`Server::connect_in_memory`] gives it an in-memory pipe instead, which
+//! runs under paused tokio time. The protocol (length-prefixed JSON frames with request ids,
+//! so calls multiplex over one connection) is described in the `wire` module's source. When a
+//! connection ends — closed, broken, idle past [`ServerConfig::idle_timeout`], or cut by
+//! [`Server::disconnect_all`] — the server closes the consumers it opened, so their unacked
+//! deliveries return to their subscriptions.
 #![warn(missing_docs)]
 
 mod broker;

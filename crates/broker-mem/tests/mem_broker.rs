@@ -640,3 +640,74 @@ async fn key_shared_rebalances_without_reordering_a_key() {
     let stats = broker.subscription_stats("t", "s").unwrap();
     assert_eq!(stats.acked, 1);
 }
+
+/// One scenario with three consumers, nacks, faults and a crash; returns who got what, when.
+async fn scenario_trace() -> Vec<String> {
+    let broker = MemBroker::new();
+    let faults = broker.faults();
+    let trace = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut spec = spec(SubscriptionType::Shared);
+    spec.nack_redelivery_delay = Duration::from_millis(30);
+    let mut tasks = Vec::new();
+    for c in 0..3 {
+        let sub = broker.subscribe(&spec).await.unwrap();
+        let trace = trace.clone();
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            while let Ok(r) = tokio::time::timeout(Duration::from_secs(2), sub.receive()).await {
+                let line = match r {
+                    Ok(m) => {
+                        let settle = if (m.payload[0] + c) % 4 == 0 {
+                            sub.nack(&m.id).await
+                        } else {
+                            sub.ack(&m.id).await
+                        };
+                        format!(
+                            "{c} got {} ({}) {:?}",
+                            m.payload[0],
+                            m.redelivery_count,
+                            settle.err().map(|e| e.kind())
+                        )
+                    }
+                    Err(e) => format!("{c} error {}", e.kind()),
+                };
+                trace
+                    .lock()
+                    .unwrap()
+                    .push(format!("{:?} {line}", t0.elapsed()));
+                tokio::time::sleep(Duration::from_millis(u64::from(c) * 3 + 1)).await;
+            }
+        }));
+    }
+    let p = broker.producer("t").await.unwrap();
+    faults.fail_next(Op::Ack, 3, ErrorKind::Timeout);
+    faults.set_latency(Op::Receive, Duration::from_millis(2));
+    for i in 0..40u8 {
+        p.send(OutgoingMessage::new(vec![i])).await.unwrap();
+        if i == 20 {
+            faults.crash();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut trace = trace.lock().unwrap().clone();
+    trace.push(format!("{:?}", broker.counters()));
+    trace
+}
+
+#[test]
+fn the_same_calls_give_the_same_trace() {
+    let run = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(scenario_trace())
+    };
+    let first = run();
+    assert!(first.len() > 40, "{first:?}");
+    assert_eq!(first, run());
+}

@@ -289,3 +289,35 @@ async fn loopback_tcp_serves_many_clients_at_once() {
     assert_eq!(broker.total_backlog(), 0);
     server.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn resubscribing_waits_for_the_old_exclusive_consumer_to_go() {
+    let broker = MemBroker::new();
+    let server = Server::new(Arc::new(broker.clone()));
+    let remote = in_memory_client(&server, ClientConfig::default());
+    let spec = SubscriptionSpec::new("t", "s").with_type(SubscriptionType::Exclusive);
+    let sub = remote.subscribe(&spec).await.unwrap();
+    remote.disconnect().await;
+    eventually("the server closed the consumer", || {
+        broker.subscription_stats("t", "s").unwrap().consumers == 0
+    })
+    .await;
+    // Stand-in for an old consumer the server has not let go of yet.
+    let lingering = broker.subscribe(&spec).await.unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lingering.close().await.unwrap();
+    });
+    broker
+        .producer("t")
+        .await
+        .unwrap()
+        .send(OutgoingMessage::new("x"))
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let m = sub.receive().await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert_eq!(m.payload, b"x");
+    sub.ack(&m.id).await.unwrap();
+}
