@@ -32,7 +32,11 @@
 //! println!("published {}", sent.id);
 //! consumer.shutdown().await;
 //! # Ok(()) }
+//! # fn main() {}
 //! ```
+//!
+//! The macros apply to functions at module level (they generate a sibling module of the same
+//! name), not to functions declared inside another function's body.
 //!
 //! Underneath the macros is a plain builder API ([`Task`], [`ConsumerSpec`],
 //! [`Backstop::spawn_consumer`]) and a sans-IO [`core`] that makes every decision.

@@ -37,7 +37,7 @@ fn bump(map: &Mutex<BTreeMap<i64, u32>>, id: i64) -> u32 {
 
 /// Users whose profile service times out on the first try (retried, then fine).
 pub fn flaky_profile(user_id: i64) -> bool {
-    user_id % 10 == 3
+    user_id % 25 == 3
 }
 /// Users whose profile service never answers (retries exhausted → DLQ).
 pub fn broken_profile(user_id: i64) -> bool {
@@ -57,16 +57,33 @@ pub fn poisoned_user(user_id: i64) -> bool {
 }
 
 /// The seed's producer: validates, "calls a profile service", returns the update to publish.
-#[backstop::task(topic = "user_updates", max_retries = 3, retry_delay = "5s", dlq_topic = "user_updates_dlq")]
+#[backstop::task(
+    topic = "user_updates",
+    max_retries = 3,
+    retry_delay = "5s",
+    dlq_topic = "user_updates_dlq"
+)]
 pub async fn update_user(user_id: i64, data: serde_json::Value) -> Result<UserUpdate, TaskError> {
     if user_id <= 0 {
         return Err(TaskError::invalid("user_id must be positive integer"));
     }
     let attempt = bump(&BODY_ATTEMPTS, user_id);
-    if broken_profile(user_id) || (flaky_profile(user_id) && attempt == 1) {
-        return Err(TaskError::timeout(format!("profile service timed out for user {user_id}")));
+    if broken_profile(user_id) {
+        // Retryable, but not a connectivity problem: the breaker does not count it.
+        return Err(TaskError::retryable(format!(
+            "profile service: record of user {user_id} is corrupt"
+        )));
     }
-    Ok(UserUpdate { status: "success".into(), user_id, data })
+    if flaky_profile(user_id) && attempt == 1 {
+        return Err(TaskError::timeout(format!(
+            "profile service timed out for user {user_id}"
+        )));
+    }
+    Ok(UserUpdate {
+        status: "success".into(),
+        user_id,
+        data,
+    })
 }
 
 /// The seed's consumer.
@@ -91,7 +108,9 @@ pub async fn process_user_update(message: UserUpdate) -> Result<(), HandlerError
         panic!("bug in the update path for user {user_id}");
     }
     if flaky_handler(user_id) && attempt <= 2 {
-        return Err(HandlerError::retryable(format!("write conflict for user {user_id}")));
+        return Err(HandlerError::retryable(format!(
+            "write conflict for user {user_id}"
+        )));
     }
     if poisoned_user(user_id) {
         return Err(HandlerError::retryable(format!("user {user_id} is locked")));

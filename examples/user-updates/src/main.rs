@@ -5,8 +5,8 @@
 //! downstream outage that trips the consumer's breaker all happen, then recover. `--pulsar URL`
 //! runs the same flow on Apache Pulsar. Metrics are served on `/metrics` throughout.
 
-mod scenario;
 mod handlers;
+mod scenario;
 
 use std::time::Duration;
 
@@ -14,11 +14,14 @@ use clap::Parser;
 
 /// Command-line options.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "user-updates", about = "backstop's seed example: producer task + consumer with retries, DLQ and breakers")]
+#[command(
+    name = "user-updates",
+    about = "backstop's seed example: producer task + consumer with retries, DLQ and breakers"
+)]
 pub struct Opts {
     /// Run against Apache Pulsar at this URL (e.g. pulsar://127.0.0.1:6650) instead of the
     /// embedded in-memory broker.
-    #[arg(long, env = "BACKSTOP_PULSAR_URL")]
+    #[arg(long)]
     pub pulsar: Option<String>,
     /// How many user updates to publish in the healthy phase.
     #[arg(long, default_value_t = 200)]
@@ -45,10 +48,15 @@ pub struct Opts {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
+    // The demo's handler panics on purpose; report panics in one line instead of a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("panic (caught by backstop as a failed attempt): {info}")
+    }));
     let opts = Opts::parse();
     match scenario::run(opts).await {
         Ok(summary) => {

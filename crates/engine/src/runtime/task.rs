@@ -60,6 +60,7 @@ pub struct Task {
     bs: Backstop,
     spec: Arc<TaskSpec>,
     breaker_name: Arc<str>,
+    breaker_recovery: std::time::Duration,
     shared: Arc<Mutex<Shared>>,
 }
 
@@ -74,6 +75,7 @@ impl Task {
             bs: bs.clone(),
             spec: Arc::new(spec),
             breaker_name,
+            breaker_recovery: cfg.breaker().recovery_timeout(),
             shared: Arc::new(Mutex::new(Shared {
                 machine: ProducerMachine::new(cfg),
                 mailboxes: BTreeMap::new(),
@@ -89,6 +91,24 @@ impl Task {
     /// The breaker's name in metrics and logs (`task:<topic>`).
     pub fn breaker_name(&self) -> &str {
         &self.breaker_name
+    }
+
+    /// Turns the breaker half-open when its recovery timeout passes even if no call comes, so
+    /// the state gauge never shows a stale "open".
+    fn wake_at_recovery(&self, at: Time) {
+        let task = self.clone();
+        let when = self.bs.clock().instant(at);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(when).await;
+            let now = task.now();
+            task.lock().machine.handle_timeout(now);
+            task.route();
+        });
+    }
+
+    /// Calls under way (started, not completed).
+    pub fn calls_in_progress(&self) -> usize {
+        self.lock().machine.calls_in_progress()
     }
 
     /// The breaker's current state and failure count.
@@ -413,6 +433,9 @@ impl Task {
             ProducerEvent::Breaker(t) => {
                 m.record_transition(&self.breaker_name, t);
                 tracing::warn!(breaker = %self.breaker_name, from = t.from.as_str(), to = t.to.as_str(), failures = t.failures, "circuit breaker transition");
+                if t.to == crate::core::BreakerState::Open {
+                    self.wake_at_recovery(t.at + self.breaker_recovery);
+                }
             }
         }
     }
