@@ -741,7 +741,15 @@ impl ConsumerMachine {
     }
 
     /// Moves messages whose retry time has come to the back of the ready queue, earliest first.
+    #[inline]
     fn fire_due_retries(&mut self, now: Time) {
+        if !self.timers.is_empty() {
+            self.fire_due_retries_slow(now);
+        }
+    }
+
+    #[inline(never)]
+    fn fire_due_retries_slow(&mut self, now: Time) {
         while let Some((at, key)) = self.timers.pop_due(now) {
             if let Some(entry) = self.entries.get_mut(key) {
                 if entry.stage == (Stage::Waiting { until: at }) {

@@ -87,6 +87,12 @@ impl Timers {
         }
     }
 
+    /// Whether no entry (stale or not) is queued.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.fifo.is_empty() && self.heap.is_empty()
+    }
+
     pub(crate) fn clear(&mut self) {
         self.fifo.clear();
         self.heap.clear();
