@@ -194,8 +194,8 @@ pub async fn run(opts: Opts) -> Result<Summary, Box<dyn std::error::Error>> {
     let metrics_text = fetch_metrics(server.addr()).await.unwrap_or_default();
 
     // Summary.
-    let t = tally.lock().unwrap();
-    let seen = dlq_seen.lock().unwrap();
+    let t = std::mem::take(&mut *tally.lock().unwrap());
+    let seen = std::mem::take(&mut *dlq_seen.lock().unwrap());
     let processed = PROCESSED_USERS.lock().unwrap().clone();
     println!("\n== summary");
     println!("  task calls published:           {}", t.published.len());
