@@ -1,10 +1,6 @@
 //! The circuit breaker state machine: closed, open and half-open, driven by results and `now`.
 //!
-//! Contract (DESIGN.md §2): `failure_threshold` consecutive failures of a counted kind open
-//! the breaker; after `recovery_timeout` it is half-open and admits `half_open_probes` probe
-//! calls; a probe success closes it, a probe failure re-opens it for a fresh timeout. Failures of
-//! other kinds neither count nor reset. A result whose [`Permit`] was issued before the last
-//! transition is ignored. Every transition is queued as a [`Transition`] for metrics and logs.
+//! The contract is on [`CircuitBreaker`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -235,6 +231,12 @@ pub struct Transition {
 }
 
 /// The circuit breaker.
+///
+/// Contract (DESIGN.md §2): `failure_threshold` consecutive failures of a counted kind open
+/// the breaker; after `recovery_timeout` it is half-open and admits `half_open_probes` probe
+/// calls; a probe success closes it, a probe failure re-opens it for a fresh timeout. Failures of
+/// other kinds neither count nor reset. A result whose [`Permit`] was issued before the last
+/// transition is ignored. Every transition is queued as a [`Transition`] for metrics and logs.
 ///
 /// ```
 /// use backstop_engine::core::{BreakerConfig, BreakerState, CircuitBreaker, ErrorKind, Time};

@@ -1,56 +1,7 @@
 //! The consumer machine: one subscription's deliveries in; invoke, ack, nack, dead-letter,
 //! pause, resume and credit requests out.
 //!
-//! # Contract
-//!
-//! The machine is sans-IO in the style of quinn-proto: every `handle_*` call carries `now`;
-//! afterwards the driver drains [`ConsumerMachine::poll_action`] and
-//! [`ConsumerMachine::poll_event`] until they return `None`, performs the actions, and sleeps
-//! until [`ConsumerMachine::poll_timeout`], when it calls [`ConsumerMachine::handle_timeout`].
-//!
-//! After any `handle_*` call the machine is up to date with its `now`: due retries have become
-//! ready, an expired open breaker is half-open, and ready messages have been invoked as far as
-//! slots and the breaker allow. [`ConsumerMachine::handle_timeout`] is the input for when
-//! nothing else happens before [`ConsumerMachine::poll_timeout`].
-//!
-//! Guarantees (DESIGN.md §2 and §4):
-//! - never more than `max_parallelism` [`ConsumerAction::Invoke`] without a matching
-//!   [`ConsumerMachine::handle_finished`]; a message waiting for its retry holds no slot;
-//! - at most `max_retries + 1` attempts, each retry no earlier than its delay;
-//! - [`ConsumerAction::Ack`] only after a successful attempt or a confirmed DLQ publish;
-//! - exhausted or permanently failed messages go to the DLQ if there is one, else are nacked;
-//!   undecodable ones go straight to the DLQ with reason [`DlqReason::Decode`] (or are nacked
-//!   when there is no DLQ); a failed DLQ publish is nacked;
-//! - the breaker counts handler failures of its counted kinds (Connection and Timeout by
-//!   default); when it opens the machine emits [`ConsumerAction::Pause`] and invokes nothing;
-//!   after the recovery timeout it is half-open and admits one probe; the probe's success closes
-//!   it ([`ConsumerAction::Resume`]), its failure re-opens it. Results of runs started before
-//!   the breaker's last transition do not move the breaker (they still count for the message);
-//! - credit: deliveries held plus [`ConsumerAction::Request`] credit not yet used never exceed
-//!   `max_held`; while closed the machine keeps it topped up, while half-open it asks for one
-//!   delivery for the probe if nothing is ready, while open or shutting down it grants none;
-//! - shutdown nacks everything not in flight at once, lets in-flight runs and DLQ publishes
-//!   finish until the deadline, then nacks the rest and reports [`ConsumerEvent::Drained`];
-//!   later results are ignored and [`ConsumerMachine::poll_timeout`] is `None`.
-//!
-//! Every delivery ends in exactly one terminal action (ack or nack). [`crate::core::oracle`]
-//! checks all of this from the outside.
-//!
-//! ```
-//! use backstop_engine::core::*;
-//! let cfg = ConsumerConfig::builder().max_parallelism(2).build()?;
-//! let mut m = ConsumerMachine::new(cfg);
-//! let now = Time::ZERO;
-//! let key = m.handle_delivered(now, true);
-//! let mut invoked = None;
-//! while let Some(a) = m.poll_action() {
-//!     if let ConsumerAction::Invoke { key, attempt } = a { invoked = Some((key, attempt)); }
-//! }
-//! assert_eq!(invoked, Some((key, 1)));
-//! m.handle_finished(now, key, Ok(()));
-//! assert!(std::iter::from_fn(|| m.poll_action()).any(|a| a == ConsumerAction::Ack { key }));
-//! # Ok::<(), ConfigError>(())
-//! ```
+//! The contract is on [`ConsumerMachine`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -364,7 +315,58 @@ struct Entry {
     last_failure: Time,
 }
 
-/// The consumer state machine for one subscription. See the [module docs](self).
+/// The consumer state machine for one subscription.
+///
+/// # Contract
+///
+/// The machine is sans-IO in the style of quinn-proto: every `handle_*` call carries `now`;
+/// afterwards the driver drains [`ConsumerMachine::poll_action`] and
+/// [`ConsumerMachine::poll_event`] until they return `None`, performs the actions, and sleeps
+/// until [`ConsumerMachine::poll_timeout`], when it calls [`ConsumerMachine::handle_timeout`].
+///
+/// After any `handle_*` call the machine is up to date with its `now`: due retries have become
+/// ready, an expired open breaker is half-open, and ready messages have been invoked as far as
+/// slots and the breaker allow. [`ConsumerMachine::handle_timeout`] is the input for when
+/// nothing else happens before [`ConsumerMachine::poll_timeout`].
+///
+/// Guarantees (DESIGN.md §2 and §4):
+/// - never more than `max_parallelism` [`ConsumerAction::Invoke`] without a matching
+///   [`ConsumerMachine::handle_finished`]; a message waiting for its retry holds no slot;
+/// - at most `max_retries + 1` attempts, each retry no earlier than its delay;
+/// - [`ConsumerAction::Ack`] only after a successful attempt or a confirmed DLQ publish;
+/// - exhausted or permanently failed messages go to the DLQ if there is one, else are nacked;
+///   undecodable ones go straight to the DLQ with reason [`DlqReason::Decode`] (or are nacked
+///   when there is no DLQ); a failed DLQ publish is nacked;
+/// - the breaker counts handler failures of its counted kinds (Connection and Timeout by
+///   default); when it opens the machine emits [`ConsumerAction::Pause`] and invokes nothing;
+///   after the recovery timeout it is half-open and admits one probe; the probe's success closes
+///   it ([`ConsumerAction::Resume`]), its failure re-opens it. Results of runs started before
+///   the breaker's last transition do not move the breaker (they still count for the message);
+/// - credit: deliveries held plus [`ConsumerAction::Request`] credit not yet used never exceed
+///   `max_held`; while closed the machine keeps it topped up, while half-open it asks for one
+///   delivery for the probe if nothing is ready, while open or shutting down it grants none;
+/// - shutdown nacks everything not in flight at once, lets in-flight runs and DLQ publishes
+///   finish until the deadline, then nacks the rest and reports [`ConsumerEvent::Drained`];
+///   later results are ignored and [`ConsumerMachine::poll_timeout`] is `None`.
+///
+/// Every delivery ends in exactly one terminal action (ack or nack). [`crate::core::oracle`]
+/// checks all of this from the outside.
+///
+/// ```
+/// use backstop_engine::core::*;
+/// let cfg = ConsumerConfig::builder().max_parallelism(2).build()?;
+/// let mut m = ConsumerMachine::new(cfg);
+/// let now = Time::ZERO;
+/// let key = m.handle_delivered(now, true);
+/// let mut invoked = None;
+/// while let Some(a) = m.poll_action() {
+///     if let ConsumerAction::Invoke { key, attempt } = a { invoked = Some((key, attempt)); }
+/// }
+/// assert_eq!(invoked, Some((key, 1)));
+/// m.handle_finished(now, key, Ok(()));
+/// assert!(std::iter::from_fn(|| m.poll_action()).any(|a| a == ConsumerAction::Ack { key }));
+/// # Ok::<(), ConfigError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct ConsumerMachine {
     cfg: ConsumerConfig,

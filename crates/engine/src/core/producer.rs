@@ -1,45 +1,6 @@
 //! The producer machine: a task's calls in; run-body, publish, dead-letter and completion out.
 //!
-//! One machine serves every call of one task and owns that task's circuit breaker. It is
-//! sans-IO like the consumer machine: every `handle_*` call carries `now` and leaves the machine
-//! up to date with it (due retries started, an expired open breaker half-open); the driver then
-//! drains [`ProducerMachine::poll_action`] and [`ProducerMachine::poll_event`] and calls
-//! [`ProducerMachine::handle_timeout`] at [`ProducerMachine::poll_timeout`].
-//!
-//! Contract (DESIGN.md §2):
-//! - each call is a sequence of attempts; an attempt takes a breaker permit, runs the body
-//!   (until the body has succeeded once) and publishes its result. The body is never re-run
-//!   after it succeeded, only the publish;
-//! - retryable failures of either step are retried after the retry delay, at most
-//!   `max_retries + 1` attempts in all; permanent failures (Invalid, Rejected, Decode, Fatal)
-//!   are not retried;
-//! - Connection and Timeout failures of either step feed the breaker; only a confirmed publish
-//!   counts as its success. While the breaker refuses (open, or half-open with its probe
-//!   taken), a call completes at once with [`ProducerOutcome::CircuitOpen`] and no
-//!   [`ProducerAction::RunBody`] or [`ProducerAction::Publish`] is emitted for it; a body that
-//!   finished after the breaker changed state publishes only under a fresh permit;
-//! - when attempts run out (or a permanent error ends the call) and a DLQ is configured, a
-//!   dead-letter publish is requested; the call completes with the DLQ's fate in
-//!   [`ProducerOutcome::Failed`] ([`DlqFate::Published`], [`DlqFate::Failed`] or
-//!   [`DlqFate::NotConfigured`]), so the caller always learns where its data went;
-//! - every call ends with exactly one [`ProducerAction::Complete`], unless its caller went away
-//!   ([`ProducerMachine::handle_cancelled`]).
-//!
-//! ```
-//! use backstop_engine::core::*;
-//! let mut m = ProducerMachine::new(ProducerConfig::builder().build()?);
-//! let t = Time::ZERO;
-//! let call = m.handle_call(t);
-//! assert_eq!(m.poll_action(), Some(ProducerAction::RunBody { call, attempt: 1 }));
-//! m.handle_body_result(t, call, Ok(()));
-//! assert_eq!(m.poll_action(), Some(ProducerAction::Publish { call, attempt: 1 }));
-//! m.handle_publish_result(t, call, Ok(()));
-//! assert_eq!(
-//!     m.poll_action(),
-//!     Some(ProducerAction::Complete { call, outcome: ProducerOutcome::Sent { attempts: 1 } })
-//! );
-//! # Ok::<(), ConfigError>(())
-//! ```
+//! The contract is on [`ProducerMachine`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -256,7 +217,48 @@ struct Call {
     first_failure: Option<Time>,
 }
 
-/// The producer state machine for one task. See the [module docs](self).
+/// The producer state machine for one task.
+///
+/// One machine serves every call of one task and owns that task's circuit breaker. It is
+/// sans-IO like the consumer machine: every `handle_*` call carries `now` and leaves the machine
+/// up to date with it (due retries started, an expired open breaker half-open); the driver then
+/// drains [`ProducerMachine::poll_action`] and [`ProducerMachine::poll_event`] and calls
+/// [`ProducerMachine::handle_timeout`] at [`ProducerMachine::poll_timeout`].
+///
+/// Contract (DESIGN.md §2):
+/// - each call is a sequence of attempts; an attempt takes a breaker permit, runs the body
+///   (until the body has succeeded once) and publishes its result. The body is never re-run
+///   after it succeeded, only the publish;
+/// - retryable failures of either step are retried after the retry delay, at most
+///   `max_retries + 1` attempts in all; permanent failures (Invalid, Rejected, Decode, Fatal)
+///   are not retried;
+/// - Connection and Timeout failures of either step feed the breaker; only a confirmed publish
+///   counts as its success. While the breaker refuses (open, or half-open with its probe
+///   taken), a call completes at once with [`ProducerOutcome::CircuitOpen`] and no
+///   [`ProducerAction::RunBody`] or [`ProducerAction::Publish`] is emitted for it; a body that
+///   finished after the breaker changed state publishes only under a fresh permit;
+/// - when attempts run out (or a permanent error ends the call) and a DLQ is configured, a
+///   dead-letter publish is requested; the call completes with the DLQ's fate in
+///   [`ProducerOutcome::Failed`] ([`DlqFate::Published`], [`DlqFate::Failed`] or
+///   [`DlqFate::NotConfigured`]), so the caller always learns where its data went;
+/// - every call ends with exactly one [`ProducerAction::Complete`], unless its caller went away
+///   ([`ProducerMachine::handle_cancelled`]).
+///
+/// ```
+/// use backstop_engine::core::*;
+/// let mut m = ProducerMachine::new(ProducerConfig::builder().build()?);
+/// let t = Time::ZERO;
+/// let call = m.handle_call(t);
+/// assert_eq!(m.poll_action(), Some(ProducerAction::RunBody { call, attempt: 1 }));
+/// m.handle_body_result(t, call, Ok(()));
+/// assert_eq!(m.poll_action(), Some(ProducerAction::Publish { call, attempt: 1 }));
+/// m.handle_publish_result(t, call, Ok(()));
+/// assert_eq!(
+///     m.poll_action(),
+///     Some(ProducerAction::Complete { call, outcome: ProducerOutcome::Sent { attempts: 1 } })
+/// );
+/// # Ok::<(), ConfigError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct ProducerMachine {
     cfg: ProducerConfig,

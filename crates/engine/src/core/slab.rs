@@ -4,7 +4,8 @@
 //! stale rather than aliasing a newer entry. Once the slab has grown to the working set, inserts
 //! and removals do not allocate.
 
-/// A key into a [`Slab`]: slot index plus generation.
+/// A key naming one delivery or call in a machine: slot index plus generation, so a key to a
+/// finished (and perhaps reused) slot is recognised as stale rather than aliasing a newer one.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
     index: u32,
