@@ -1552,26 +1552,33 @@ mod tests {
         let (a, _) = h.deliver(secs(0));
         let (b, _) = h.deliver(secs(0));
         let (c, _) = h.deliver(secs(0)); // ready, no slot
-        h.finish(secs(1), a, Err(ErrorKind::Handler)); // a waits for 6 s; c starts
+        let (d, _) = h.deliver(secs(0)); // ready, no slot
+        h.finish(secs(1), a, Err(ErrorKind::Handler)); // a waits until 6 s; c starts
         assert_eq!(h.m.in_flight(), 2);
         h.m.handle_shutdown(secs(2), secs(10));
         let x = h.drain();
         assert_eq!(
             x,
-            vec![Nack {
-                key: a,
-                reason: NackReason::Shutdown
-            }],
-            "the waiting message is nacked at once"
+            vec![
+                Nack {
+                    key: d,
+                    reason: NackReason::Shutdown
+                },
+                Nack {
+                    key: a,
+                    reason: NackReason::Shutdown
+                }
+            ],
+            "the ready and the waiting message are nacked at once"
         );
         assert!(h.m.is_shutting_down() && !h.m.is_drained());
         assert_eq!(h.m.poll_timeout(), Some(secs(10)));
         // No more credit, and a delivery arriving now is nacked straight away.
-        let (d, x) = h.deliver(secs(3));
+        let (e, x) = h.deliver(secs(3));
         assert_eq!(
             x,
             vec![Nack {
-                key: d,
+                key: e,
                 reason: NackReason::Shutdown
             }]
         );
