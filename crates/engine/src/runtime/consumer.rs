@@ -90,6 +90,38 @@ impl ConsumerHandle {
     }
 }
 
+/// Metric series of one consumer, resolved once (label lookups hash strings; the hot path
+/// should only touch atomics).
+struct Meters {
+    received: prometheus::IntCounter,
+    acked: prometheus::IntCounter,
+    in_flight: prometheus::IntGauge,
+    breaker_failures: prometheus::IntGauge,
+    handle_latency: prometheus::Histogram,
+    retried: prometheus::IntCounter,
+    dead_lettered: prometheus::IntCounter,
+}
+
+impl Meters {
+    fn new(m: &super::metrics::Metrics, topic: &str, sub: &str, breaker: &str) -> Meters {
+        Meters {
+            received: m.received.with_label_values(&[topic, sub]),
+            acked: m.acked.with_label_values(&[topic, sub]),
+            in_flight: m.in_flight.with_label_values(&[topic, sub]),
+            breaker_failures: m.breaker_failures.with_label_values(&[breaker]),
+            handle_latency: m.latency.with_label_values(&[topic, "handle"]),
+            retried: m.retried.with_label_values(&[topic]),
+            dead_lettered: m.dead_lettered.with_label_values(&[topic]),
+        }
+    }
+}
+
+/// What the acker task sends to the broker, in order.
+enum Settle {
+    Ack(crate::broker::MessageId),
+    Nack(crate::broker::MessageId),
+}
+
 type BoxHandler<M> = Arc<
     dyn Fn(M) -> std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
         + Send
@@ -154,10 +186,14 @@ impl Backstop {
         let handler: BoxHandler<M> = Arc::new(move |m| Box::pin(handler(m)));
         let (shutdown, shutdown_rx) = watch::channel(None);
         let name = format!("{}/{}", spec.topic, spec.subscription);
+        let spec_topic = spec.topic.clone();
+        let spec_sub = spec.subscription.clone();
+        let breaker_name = format!("consumer:{name}");
+        let meters = Meters::new(self.metrics(), &spec_topic, &spec_sub, &breaker_name);
         let driver = Driver {
             bs: self.clone(),
             name: name.clone(),
-            breaker_name: format!("consumer:{name}"),
+            breaker_name,
             machine: ConsumerMachine::new(cfg),
             spec,
             sub,
@@ -165,6 +201,9 @@ impl Backstop {
             slots: Vec::new(),
             report: ConsumerReport::default(),
             io: tokio::task::JoinSet::new(),
+            settle: None,
+            meters,
+            topic: Arc::from(spec_topic.as_str()),
         };
         self.metrics().register_breaker(&driver.breaker_name);
         let join = tokio::spawn(driver.run(shutdown_rx));
@@ -186,9 +225,13 @@ struct Driver<M> {
     handler: BoxHandler<M>,
     slots: Vec<Option<Slot<M>>>,
     report: ConsumerReport,
-    /// Acks, nacks and DLQ publishes under way: awaited before the subscription closes, so no
-    /// ack is lost to the close.
+    /// DLQ publishes under way: awaited before the subscription closes.
     io: tokio::task::JoinSet<()>,
+    /// Acks and nacks go to one acker task, in order; it is drained before the close, so no ack
+    /// is lost to it.
+    settle: Option<mpsc::UnboundedSender<Settle>>,
+    meters: Meters,
+    topic: Arc<str>,
 }
 
 impl<M: DeserializeOwned + Send + 'static> Driver<M> {
@@ -206,6 +249,9 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
             self.bs.clone(),
             self.spec.topic.clone(),
         ));
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        self.settle = Some(settle_tx);
+        let acker = tokio::spawn(settle_loop(self.sub.clone(), settle_rx, self.bs.clone(), self.topic.clone()));
         tracing::info!(topic = %self.spec.topic, subscription = %self.spec.subscription, "consumer started");
         let mut shutting_down = false;
         loop {
@@ -264,6 +310,8 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
         let _ = stop_rx_tx.send(true);
         let _ = receiver.await;
         while self.io.join_next().await.is_some() {}
+        self.settle = None; // closes the channel: the acker finishes what is queued, then ends
+        let _ = acker.await;
         // Deliveries the receiver pulled after shutdown began never reached the machine: give them back.
         deliver_rx.close();
         while let Some(msg) = deliver_rx.recv().await {
@@ -297,11 +345,8 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                 break;
             }
         }
-        let m = self.bs.metrics();
-        m.in_flight
-            .with_label_values(&[&self.spec.topic, &self.spec.subscription])
-            .set(i64::from(self.machine.in_flight()));
-        m.set_breaker_failures(&self.breaker_name, self.machine.breaker_failures());
+        self.meters.in_flight.set(i64::from(self.machine.in_flight()));
+        self.meters.breaker_failures.set(i64::from(self.machine.breaker_failures()));
         self.report.max_in_flight = self.report.max_in_flight.max(self.machine.in_flight());
     }
 
@@ -324,7 +369,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                 let id = slot.msg.id.clone();
                 let handler = self.handler.clone();
                 let done = done_tx.clone();
-                let topic = self.spec.topic.clone();
+                let topic = self.topic.clone();
                 let task = tokio::spawn(async move {
                     let r = match value {
                         Err(e) => Err(HandlerError::new(
@@ -347,15 +392,9 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
             }
             ConsumerAction::Ack { key } => {
                 if let Some(slot) = self.take(key) {
-                    let sub = self.sub.clone();
-                    let bs = self.bs.clone();
-                    let topic = self.spec.topic.clone();
-                    self.io.spawn(async move {
-                        if let Err(e) = sub.ack(&slot.msg.id).await {
-                            bs.metrics().record_error(&topic, e.kind());
-                            tracing::warn!(topic = %topic, message_id = %slot.msg.id, error = %e, "ack failed; the broker will redeliver");
-                        }
-                    });
+                    if let Some(tx) = &self.settle {
+                        let _ = tx.send(Settle::Ack(slot.msg.id));
+                    }
                 }
             }
             ConsumerAction::Nack { key, reason } => {
@@ -363,14 +402,10 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                     if let Some(abort) = slot.abort {
                         abort.abort();
                     }
-                    let sub = self.sub.clone();
-                    let topic = self.spec.topic.clone();
-                    tracing::info!(topic = %topic, message_id = %slot.msg.id, reason = ?reason, "nack");
-                    self.io.spawn(async move {
-                        if let Err(e) = sub.nack(&slot.msg.id).await {
-                            tracing::warn!(topic = %topic, message_id = %slot.msg.id, error = %e, "nack failed; the broker redelivers after its ack timeout or reconnect");
-                        }
-                    });
+                    tracing::info!(topic = %self.topic, message_id = %slot.msg.id, reason = ?reason, "nack");
+                    if let Some(tx) = &self.settle {
+                        let _ = tx.send(Settle::Nack(slot.msg.id));
+                    }
                 }
             }
             ConsumerAction::PublishDlq { key, info } => {
@@ -426,7 +461,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
         match ev {
             ConsumerEvent::Received { key, poison } => {
                 self.report.received += 1;
-                m.received.with_label_values(&[topic, sub]).inc();
+                self.meters.received.inc();
                 if poison {
                     m.record_error(topic, ErrorKind::Decode);
                     tracing::warn!(topic, subscription = sub, key = %key, "undecodable payload: dead-lettering it");
@@ -441,25 +476,25 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                 tracing::debug!(topic, subscription = sub, key = %key, attempt, probe, "handler invoked");
             }
             ConsumerEvent::Succeeded { latency, .. } => {
-                m.observe_latency(topic, "handle", latency.as_secs_f64());
+                self.meters.handle_latency.observe(latency.as_secs_f64());
             }
             ConsumerEvent::Failed { kind, latency, .. } => {
                 if kind == ErrorKind::Panic {
                     self.report.panicked += 1;
                 }
                 m.record_error(topic, kind);
-                m.observe_latency(topic, "handle", latency.as_secs_f64());
+                self.meters.handle_latency.observe(latency.as_secs_f64());
             }
             ConsumerEvent::RetryScheduled {
                 key, next_attempt, ..
             } => {
                 self.report.retried += 1;
-                m.retried.with_label_values(&[topic]).inc();
+                self.meters.retried.inc();
                 tracing::info!(topic, subscription = sub, key = %key, next_attempt, "retry scheduled");
             }
             ConsumerEvent::DeadLettered { key, info } => {
                 self.report.dead_lettered += 1;
-                m.dead_lettered.with_label_values(&[topic]).inc();
+                self.meters.dead_lettered.inc();
                 tracing::warn!(topic, subscription = sub, key = %key, reason = info.reason.as_str(), attempts = info.attempts, kind = %info.kind, "dead-lettered");
             }
             ConsumerEvent::DeadLetterFailed { key, kind } => {
@@ -468,7 +503,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
             }
             ConsumerEvent::Acked { .. } => {
                 self.report.acked += 1;
-                m.acked.with_label_values(&[topic, sub]).inc();
+                self.meters.acked.inc();
             }
             ConsumerEvent::Nacked { reason, .. } => {
                 self.report.nacked += 1;
@@ -518,6 +553,30 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
             cell.take()
         } else {
             None
+        }
+    }
+}
+
+/// Sends acks and nacks to the broker in the order the machine decided them.
+async fn settle_loop(
+    sub: Arc<dyn Subscription>,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+    bs: Backstop,
+    topic: Arc<str>,
+) {
+    while let Some(s) = rx.recv().await {
+        match s {
+            Settle::Ack(id) => {
+                if let Err(e) = sub.ack(&id).await {
+                    bs.metrics().record_error(&topic, e.kind());
+                    tracing::warn!(topic = %topic, message_id = %id, error = %e, "ack failed; the broker will redeliver");
+                }
+            }
+            Settle::Nack(id) => {
+                if let Err(e) = sub.nack(&id).await {
+                    tracing::warn!(topic = %topic, message_id = %id, error = %e, "nack failed; the broker redelivers after its ack timeout or reconnect");
+                }
+            }
         }
     }
 }

@@ -447,8 +447,16 @@ struct MailboxGuard<'a> {
 }
 
 impl Drop for MailboxGuard<'_> {
+    /// A call whose caller went away (future dropped) is cancelled in the machine, so it frees
+    /// its slot and, if it held the half-open probe, the probe.
     fn drop(&mut self) {
-        self.task.lock().mailboxes.remove(&self.key);
+        let now = self.task.now();
+        let mut s = self.task.lock();
+        if s.mailboxes.remove(&self.key).is_some() {
+            s.machine.handle_cancelled(now, self.key);
+        }
+        drop(s);
+        self.task.route();
     }
 }
 
