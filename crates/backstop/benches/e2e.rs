@@ -114,6 +114,48 @@ async fn backstop_run(n: u64, par: u32) -> Duration {
     d
 }
 
+/// The broker alone: the same consumer work (receive, spawn a bounded no-op handler that
+/// decodes, ack) written directly against the in-memory broker, without backstop.
+async fn broker_only(n: u64, par: usize) -> Duration {
+    let mem = backstop_mem::MemBroker::new();
+    let sub = mem.subscribe(&backstop::broker::SubscriptionSpec::new("bench", "svc")).await.unwrap();
+    let p = mem.producer("bench").await.unwrap();
+    let start = Instant::now();
+    let producer = tokio::spawn(async move {
+        for i in 0..n {
+            p.send(OutgoingMessage::new(payload(i))).await.unwrap();
+        }
+    });
+    let sem = Arc::new(Semaphore::new(par));
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let s2 = sub.clone();
+    let acker = tokio::spawn(async move {
+        let mut acked = 0;
+        while let Some(id) = ack_rx.recv().await {
+            s2.ack(&id).await.unwrap();
+            acked += 1;
+            if acked == n {
+                break;
+            }
+        }
+    });
+    for _ in 0..n {
+        let msg = sub.receive().await.unwrap();
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let ack = ack_tx.clone();
+        tokio::spawn(async move {
+            let m: UserUpdate = serde_json::from_slice(&msg.payload).unwrap();
+            std::hint::black_box(m);
+            let _ = ack.send(msg.id);
+            drop(permit);
+        });
+    }
+    acker.await.unwrap();
+    let d = start.elapsed();
+    producer.await.unwrap();
+    d
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -128,7 +170,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (mut b, mut s) = (Vec::new(), Vec::new());
+    let (mut b, mut s, mut o) = (Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
         // Warm-up.
         bare(n / 10, par as usize).await;
@@ -136,13 +178,16 @@ fn main() {
         for _ in 0..rounds {
             b.push(n as f64 / bare(n, par as usize).await.as_secs_f64());
             s.push(n as f64 / backstop_run(n, par as u32).await.as_secs_f64());
+            o.push(n as f64 / broker_only(n, par as usize).await.as_secs_f64());
         }
     });
-    let (bm, sm) = (median(b), median(s));
+    let (bm, sm, om) = (median(b), median(s), median(o));
     println!(
         "in-memory end-to-end, {n} messages, max_parallelism {par}, {rounds} rounds (median):"
     );
     println!("  bare tokio channel pipeline: {bm:>12.0} msg/s");
+    println!("  broker-mem alone, no backstop:{om:>11.0} msg/s");
     println!("  backstop on broker-mem:      {sm:>12.0} msg/s");
     println!("  ratio backstop / bare:       {:>12.2}", sm / bm);
+    println!("  ratio backstop / broker-mem alone: {:>6.2}", sm / om);
 }
