@@ -118,7 +118,10 @@ async fn backstop_run(n: u64, par: u32) -> Duration {
 /// decodes, ack) written directly against the in-memory broker, without backstop.
 async fn broker_only(n: u64, par: usize) -> Duration {
     let mem = backstop_mem::MemBroker::new();
-    let sub = mem.subscribe(&backstop::broker::SubscriptionSpec::new("bench", "svc")).await.unwrap();
+    let sub = mem
+        .subscribe(&backstop::broker::SubscriptionSpec::new("bench", "svc"))
+        .await
+        .unwrap();
     let p = mem.producer("bench").await.unwrap();
     let start = Instant::now();
     let producer = tokio::spawn(async move {
