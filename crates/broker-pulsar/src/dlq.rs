@@ -78,3 +78,95 @@ pub fn dead_letter_message(origin: &ReceivedMessage) -> OutgoingMessage {
         properties: dlq_properties(origin),
     }
 }
+
+/// Property every dead-letter record of backstop's runtime carries (with the record's reason).
+const PROPERTY_BACKSTOP_REASON: &str = "backstop.reason";
+
+/// Puts the Java form into the `ORIGIN_MESSAGE_ID` of a dead-letter record from backstop's
+/// runtime.
+///
+/// The runtime knows no broker, so it writes the origin's opaque [`MessageId`] as hex. When the
+/// message is such a record (it has a `backstop.reason` property) and the value is the hex of one
+/// of this adapter's ids, it becomes `ledger:entry:partition[:batchIndex]`, as the Java client
+/// writes it. Anything else is left as it is.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use backstop_pulsar::{java_origin_message_id, PulsarMessageId};
+/// let id = PulsarMessageId { ledger_id: 5, entry_id: 8, partition: -1, batch_index: -1, batch_size: 0 };
+/// let mut p = BTreeMap::from([
+///     ("ORIGIN_MESSAGE_ID".to_string(), id.to_message_id().to_string()),
+///     ("backstop.reason".to_string(), "exhausted".to_string()),
+/// ]);
+/// java_origin_message_id(&mut p);
+/// assert_eq!(p["ORIGIN_MESSAGE_ID"], "5:8:-1");
+/// ```
+pub fn java_origin_message_id(properties: &mut BTreeMap<String, String>) {
+    if !properties.contains_key(PROPERTY_BACKSTOP_REASON) {
+        return;
+    }
+    let Some(value) = properties.get_mut(PROPERTY_ORIGIN_MESSAGE_ID) else {
+        return;
+    };
+    if let Some(id) =
+        decode_hex(value).and_then(|bytes| PulsarMessageId::from_message_id(&MessageId(bytes)).ok())
+    {
+        *value = id.to_string();
+    }
+}
+
+/// Bytes from lowercase or uppercase hex; `None` for anything else.
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let text = std::str::from_utf8(pair).ok()?;
+            u8::from_str_radix(text, 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_backstop_records_with_adapter_ids_are_rewritten() {
+        let id = PulsarMessageId {
+            ledger_id: 9,
+            entry_id: 1,
+            partition: 2,
+            batch_index: 3,
+            batch_size: 4,
+        };
+        let hex = id.to_message_id().to_string();
+        let mut p = props(&[("ORIGIN_MESSAGE_ID", &hex), ("backstop.reason", "decode")]);
+        java_origin_message_id(&mut p);
+        assert_eq!(p["ORIGIN_MESSAGE_ID"], "9:1:2:3");
+
+        // not a backstop record: untouched
+        let mut p = props(&[("ORIGIN_MESSAGE_ID", &hex)]);
+        java_origin_message_id(&mut p);
+        assert_eq!(p["ORIGIN_MESSAGE_ID"], hex);
+
+        // not one of our ids, or not hex at all: untouched
+        for value in ["ab", "1:2:-1", "zz", "abc", "", "é1"] {
+            let mut p = props(&[("ORIGIN_MESSAGE_ID", value), ("backstop.reason", "x")]);
+            java_origin_message_id(&mut p);
+            assert_eq!(p["ORIGIN_MESSAGE_ID"], value);
+        }
+        let mut p = props(&[("backstop.reason", "x")]);
+        java_origin_message_id(&mut p);
+        assert!(!p.contains_key("ORIGIN_MESSAGE_ID"));
+    }
+}

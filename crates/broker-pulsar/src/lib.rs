@@ -38,7 +38,10 @@
 //! - **Message ids** encode ledger, entry, partition, batch index and batch size
 //!   ([`PulsarMessageId`]), so they round-trip to `ack`/`nack`.
 //! - **DLQ vocabulary**: [`dlq_properties`] gives the Java client's `REAL_TOPIC`,
-//!   `ORIGIN_MESSAGE_ID` and `RECONSUMETIMES`.
+//!   `ORIGIN_MESSAGE_ID` and `RECONSUMETIMES`. The dead-letter records of backstop's runtime
+//!   carry these three properties too; their producers write `ORIGIN_MESSAGE_ID` in the Java
+//!   form `ledger:entry:partition[:batchIndex]` ([`java_origin_message_id`]; the record's JSON
+//!   `origin_message_id` keeps the engine's opaque hex id).
 //!
 //! # Limits
 //!
@@ -91,8 +94,8 @@ mod tracking;
 
 pub use client::PulsarBroker;
 pub use dlq::{
-    dead_letter_message, dlq_properties, origin_message_id, PROPERTY_ORIGIN_MESSAGE_ID,
-    PROPERTY_REAL_TOPIC, PROPERTY_RECONSUME_TIMES,
+    dead_letter_message, dlq_properties, java_origin_message_id, origin_message_id,
+    PROPERTY_ORIGIN_MESSAGE_ID, PROPERTY_REAL_TOPIC, PROPERTY_RECONSUME_TIMES,
 };
 pub use error::{broker_error, connection_kind, error_kind, server_kind, ConnectError};
 pub use id::{EntryKey, InvalidMessageId, PulsarMessageId};

@@ -171,9 +171,11 @@ async fn create(inner: &ClientInner, topic: &str, deadline: Instant) -> Result<I
 }
 
 fn to_pulsar(message: OutgoingMessage) -> Message {
+    let mut properties = message.properties;
+    crate::dlq::java_origin_message_id(&mut properties);
     Message {
         payload: message.payload,
-        properties: message.properties.into_iter().collect(),
+        properties: properties.into_iter().collect(),
         partition_key: message.key,
         ..Default::default()
     }

@@ -1,30 +1,23 @@
 //! backstop's broker-agnostic conformance suite (`backstop-conformance`), unchanged, on a real
 //! Apache Pulsar broker (`BACKSTOP_PULSAR_URL`, default `pulsar://127.0.0.1:6650`; start one
-//! with `scripts/pulsar start`). Fails loudly when no broker answers.
+//! with `scripts/pulsar start`). Fails loudly when no broker answers; no case is skipped.
 //!
 //! Features the adapter lacks: `redelivery_count` (the pulsar crate hides the broker's count;
 //! the adapter counts only the deliveries its own subscription saw, so a message handed to a
 //! new consumer after a close starts at 0 again).
 //!
-//! The connection-loss case kills and restarts the broker, so it only gets its faults when
-//! `BACKSTOP_PULSAR_RESTART=1` is set (otherwise the suite skips it as "no connection fault
-//! injection"). Run it alone, against a broker you own, with the `scripts/pulsar` environment of
-//! that broker:
-//!
-//! ```text
-//! BACKSTOP_PULSAR_RESTART=1 PULSAR_BROKER_PORT=6750 PULSAR_WEB_PORT=8180 PULSAR_BOOKIE_PORT=3281 \
-//!   BACKSTOP_PULSAR_RUN=/tmp/bp BACKSTOP_PULSAR_URL=pulsar://127.0.0.1:6750 \
-//!   BACKSTOP_PULSAR_ADMIN=http://127.0.0.1:8180 \
-//!   cargo test -p backstop-pulsar --test conformance connection_loss -- --nocapture
-//! ```
+//! The connection-loss case crashes its broker, so it does not use the shared one: it starts a
+//! broker of its own (free ports in 67xx/81xx/32xx, run dir `$TMPDIR/backstop-pulsar-conformance-*`)
+//! with `scripts/pulsar`, breaks the connection with `kill9`, heals it with
+//! `start --keep-data`, and stops that broker when the case ends, also on failure.
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_conformance::{unique_prefix, Case, ConnectionFaults, Env, Features, Harness};
+use common::owned::OwnedBroker;
 
 struct PulsarHarness;
 
@@ -41,44 +34,38 @@ impl Harness for PulsarHarness {
     }
 
     async fn env(&self, case: Case) -> Env {
-        let broker = common::connect().await;
-        let env = Env::new(Arc::new(broker), unique_prefix(case.name()));
-        if std::env::var("BACKSTOP_PULSAR_RESTART").as_deref() == Ok("1") {
-            env.with_faults(Arc::new(BrokerRestart))
-        } else {
-            env
+        if case == Case::ConnectionLoss {
+            // make sure the shared broker is there too: this binary tests both
+            common::print_version_once().await;
+            let owned = tokio::task::spawn_blocking(|| OwnedBroker::start("conformance", 10))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let broker = common::connect_to(&owned.url()).await;
+            // The Env owns the broker through the faults: it is stopped when the case ends.
+            return Env::new(Arc::new(broker), unique_prefix(case.name()))
+                .with_faults(Arc::new(BrokerRestart { owned }));
         }
+        let broker = common::connect().await;
+        Env::new(Arc::new(broker), unique_prefix(case.name()))
     }
 }
 
-/// Connection loss by crashing the broker (`scripts/pulsar kill9`) and healing by restarting it
-/// with its data (`scripts/pulsar start --keep-data`).
-struct BrokerRestart;
-
-impl BrokerRestart {
-    async fn ctl(args: &'static [&'static str]) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pulsar");
-        let shown = script.display().to_string();
-        let status = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(script).args(args).status()
-        })
-        .await
-        .expect("join")
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
-        assert!(status.success(), "{shown} {args:?} failed: {status}");
-    }
+/// Connection loss by crashing the case's own broker (`scripts/pulsar kill9`) and healing by
+/// restarting it with its data (`scripts/pulsar start --keep-data`).
+struct BrokerRestart {
+    owned: OwnedBroker,
 }
 
 #[async_trait::async_trait]
 impl ConnectionFaults for BrokerRestart {
     async fn break_connection(&self) {
-        common::say("conformance: kill -9 the broker");
-        Self::ctl(&["kill9"]).await;
+        common::say("conformance: kill -9 the own broker");
+        self.owned.kill9().await;
     }
 
     async fn heal(&self) {
-        common::say("conformance: restart the broker with its data");
-        Self::ctl(&["start", "--keep-data"]).await;
+        common::say("conformance: restart the own broker with its data");
+        self.owned.start_keep_data().await;
     }
 }
 

@@ -2,6 +2,8 @@
 //! it is not there), unique names, bounded waits.
 #![allow(dead_code)]
 
+pub mod owned;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -60,6 +62,20 @@ pub async fn connect_with(options: PulsarOptions) -> PulsarBroker {
     };
     print_version_once().await;
     broker
+}
+
+/// Connects to a broker this test process started itself (see [`owned::OwnedBroker`]), or
+/// panics.
+pub async fn connect_to(url: &str) -> PulsarBroker {
+    connect_to_with(url, test_options()).await
+}
+
+/// Connects to `url` with `options`, or panics.
+pub async fn connect_to_with(url: &str, options: PulsarOptions) -> PulsarBroker {
+    match PulsarBroker::connect(url, options).await {
+        Ok(b) => b,
+        Err(e) => panic!("\n\n*** own Pulsar broker NOT reachable at {url}: {e}\n\n"),
+    }
 }
 
 static VERSION: OnceLock<String> = OnceLock::new();
