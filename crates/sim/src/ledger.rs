@@ -1,0 +1,316 @@
+//! Broker-side bookkeeping and checks: what handlers did per payload, what the broker shows
+//! (topic log, acks, DLQ records), and the invariants between them — nothing acked that was not
+//! handled or dead-lettered, every published message acked in the end, DLQ records that carry
+//! the original payload — plus the duplicates crashes caused.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use backstop_engine::broker::MessageId;
+use backstop_engine::runtime::DeadLetterRecord;
+use backstop_mem::MemBroker;
+
+/// The consumed topic.
+pub const TOPIC: &str = "orders";
+/// The consumers' subscription.
+pub const SUBSCRIPTION: &str = "svc";
+/// The consumers' dead-letter topic.
+pub const DLQ_TOPIC: &str = "orders_dlq";
+/// The task's dead-letter topic.
+pub const TASK_DLQ_TOPIC: &str = "orders_task_dlq";
+
+/// The payload id inside a published message: `{"id": n}`; `None` for poison (`{"poison": n}`).
+pub fn payload_id(payload: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    v.get("id")?.as_u64()
+}
+
+#[derive(Clone, Debug)]
+struct Logged {
+    id: MessageId,
+    payload: Vec<u8>,
+    pid: Option<u64>,
+}
+
+/// Counts of what the broker-side view saw.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LedgerStats {
+    /// Messages in the consumed topic's log (duplicates from ambiguous publishes included).
+    pub published: u64,
+    /// Dead-letter records written by consumers.
+    pub dlq_records: u64,
+    /// Handler runs.
+    pub handler_runs: u64,
+    /// Successful handler runs.
+    pub handler_successes: u64,
+    /// Messages handled successfully more often than they were published (a crash or lost ack
+    /// made the broker redeliver a handled message).
+    pub handled_twice: u64,
+    /// Extra DLQ records for one message.
+    pub dead_lettered_twice: u64,
+    /// Messages both handled successfully and dead-lettered.
+    pub handled_and_dead_lettered: u64,
+    /// Task calls completed, and how many of them published.
+    pub task_calls: u64,
+    /// Task calls that published.
+    pub task_sent: u64,
+    /// Task calls whose data went to the task DLQ.
+    pub task_dead_lettered: u64,
+    /// Task calls that failed and handed their data back (no DLQ or DLQ failed, or circuit
+    /// open).
+    pub task_returned: u64,
+}
+
+/// The broker-side ledger of one run.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    runs: BTreeMap<u64, u32>,
+    successes: BTreeMap<u64, u32>,
+    log: Vec<Logged>,
+    by_id: BTreeMap<String, usize>,
+    dlq_seen: usize,
+    dlq_by_origin: BTreeMap<String, u32>,
+    acked: BTreeSet<MessageId>,
+    acked_plain: BTreeMap<u64, u32>,
+    last: (u64, u64),
+    task_sent: Vec<(MessageId, Vec<u8>)>,
+    task_dlq: Vec<MessageId>,
+    stats: LedgerStats,
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Ledger {
+        Ledger::default()
+    }
+
+    /// A handler run of payload `pid` starts; returns its run number (1 for the first).
+    pub fn handler_run(&mut self, pid: u64) -> u32 {
+        self.stats.handler_runs += 1;
+        let n = self.runs.entry(pid).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// A handler run of payload `pid` is about to return `Ok`.
+    pub fn handler_success(&mut self, pid: u64) {
+        self.stats.handler_successes += 1;
+        *self.successes.entry(pid).or_insert(0) += 1;
+    }
+
+    /// A task call published message `id` with `payload`.
+    pub fn task_sent(&mut self, id: MessageId, payload: Vec<u8>) {
+        self.stats.task_calls += 1;
+        self.stats.task_sent += 1;
+        self.task_sent.push((id, payload));
+    }
+
+    /// A task call failed and its dead-letter record went out as `id`.
+    pub fn task_dead_lettered(&mut self, id: MessageId) {
+        self.stats.task_calls += 1;
+        self.stats.task_dead_lettered += 1;
+        self.task_dlq.push(id);
+    }
+
+    /// A task call failed and handed its data back to the caller.
+    pub fn task_returned(&mut self) {
+        self.stats.task_calls += 1;
+        self.stats.task_returned += 1;
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> LedgerStats {
+        self.stats
+    }
+
+    /// Reads what changed on the broker and checks every new ack: it must follow a successful
+    /// handler run of its payload (one per ack of that payload) or a dead-letter record of that
+    /// very message. Cheap when nothing was published or acked since the last call.
+    pub fn observe(&mut self, broker: &MemBroker) -> Result<(), String> {
+        let c = broker.counters();
+        if (c.published, c.acks) == self.last {
+            return Ok(());
+        }
+        self.last = (c.published, c.acks);
+        let msgs = broker.topic_messages(TOPIC);
+        for m in msgs.into_iter().skip(self.log.len()) {
+            self.by_id.insert(m.id.to_string(), self.log.len());
+            self.log.push(Logged {
+                pid: payload_id(&m.payload),
+                id: m.id,
+                payload: m.payload,
+            });
+        }
+        self.stats.published = self.log.len() as u64;
+        let dlq = broker.topic_messages(DLQ_TOPIC);
+        for m in dlq.into_iter().skip(self.dlq_seen) {
+            self.dlq_seen += 1;
+            self.stats.dlq_records += 1;
+            let Some(origin) = m.properties.get("ORIGIN_MESSAGE_ID").cloned() else {
+                return Err(format!("DLQ record {} names no origin message", m.id));
+            };
+            let Some(&idx) = self.by_id.get(&origin) else {
+                return Err(format!(
+                    "DLQ record {} names origin {origin}, which was never published to `{TOPIC}`",
+                    m.id
+                ));
+            };
+            let record: DeadLetterRecord = serde_json::from_slice(&m.payload)
+                .map_err(|e| format!("DLQ record {} does not parse: {e}", m.id))?;
+            let original = &self.log[idx].payload;
+            if record.payload_text.as_deref().map(str::as_bytes) != Some(original.as_slice()) {
+                return Err(format!(
+                    "DLQ record {} for {origin} does not carry the original payload",
+                    m.id
+                ));
+            }
+            if record.origin_topic != TOPIC || record.attempts == 0 && record.reason != "decode" {
+                return Err(format!(
+                    "DLQ record {} for {origin} has wrong facts: {record:?}",
+                    m.id
+                ));
+            }
+            *self.dlq_by_origin.entry(origin).or_insert(0) += 1;
+        }
+        for id in broker.acked_ids(TOPIC, SUBSCRIPTION) {
+            if self.acked.contains(&id) {
+                continue;
+            }
+            self.justify(&id)?;
+            self.acked.insert(id);
+        }
+        Ok(())
+    }
+
+    fn justify(&mut self, id: &MessageId) -> Result<(), String> {
+        let key = id.to_string();
+        if self.dlq_by_origin.contains_key(&key) {
+            return Ok(());
+        }
+        let Some(&idx) = self.by_id.get(&key) else {
+            return Err(format!("acked {key}, which is not in the topic log"));
+        };
+        match self.log[idx].pid {
+            None => Err(format!(
+                "poison message {key} acked on the broker without a DLQ record"
+            )),
+            Some(pid) => {
+                let acks = self.acked_plain.entry(pid).or_insert(0);
+                *acks += 1;
+                let ok = self.successes.get(&pid).copied().unwrap_or(0);
+                if *acks > ok {
+                    Err(format!(
+                        "message {key} (payload {pid}) acked on the broker, but its handler \
+                         succeeded {ok} time(s) for {acks} ack(s) and it has no DLQ record"
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Liveness at the end: every published message acked (after a success or a DLQ record),
+    /// the subscription's backlog empty, every task outcome matching the broker; and counts the
+    /// duplicates.
+    pub fn final_check(&mut self, broker: &MemBroker) -> Result<(), String> {
+        self.last = (u64::MAX, u64::MAX);
+        self.observe(broker)?;
+        if let Some(m) = self.log.iter().find(|m| !self.acked.contains(&m.id)) {
+            let stats = broker.subscription_stats(TOPIC, SUBSCRIPTION);
+            return Err(format!(
+                "message {} (payload {:?}) never reached a terminal outcome; subscription: {stats:?}",
+                m.id, m.pid
+            ));
+        }
+        let backlog = broker.backlog(TOPIC, SUBSCRIPTION);
+        if backlog != 0 {
+            return Err(format!("the subscription's backlog is {backlog}, not 0"));
+        }
+        let log_ids: BTreeMap<&MessageId, &[u8]> = self
+            .log
+            .iter()
+            .map(|m| (&m.id, m.payload.as_slice()))
+            .collect();
+        for (id, payload) in &self.task_sent {
+            if log_ids.get(id).copied() != Some(payload.as_slice()) {
+                return Err(format!(
+                    "a task call reported message {id} as published, but the topic log does not hold it with that payload"
+                ));
+            }
+        }
+        let task_dlq: BTreeSet<MessageId> = broker
+            .topic_messages(TASK_DLQ_TOPIC)
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        if let Some(id) = self.task_dlq.iter().find(|id| !task_dlq.contains(id)) {
+            return Err(format!(
+                "a task call reported dead-letter record {id}, which `{TASK_DLQ_TOPIC}` does not hold"
+            ));
+        }
+        // Duplicates (at-least-once: counted and reported, not failures).
+        let mut copies: BTreeMap<u64, u32> = BTreeMap::new();
+        for m in &self.log {
+            if let Some(pid) = m.pid {
+                *copies.entry(pid).or_insert(0) += 1;
+            }
+        }
+        self.stats.handled_twice = self
+            .successes
+            .iter()
+            .map(|(pid, n)| u64::from(n.saturating_sub(copies.get(pid).copied().unwrap_or(0))))
+            .sum();
+        self.stats.dead_lettered_twice = self
+            .dlq_by_origin
+            .values()
+            .map(|n| u64::from(n.saturating_sub(1)))
+            .sum();
+        self.stats.handled_and_dead_lettered = self
+            .log
+            .iter()
+            .filter(|m| {
+                self.dlq_by_origin.contains_key(&m.id.to_string())
+                    && m.pid.is_some_and(|p| self.successes.contains_key(&p))
+            })
+            .count() as u64;
+        Ok(())
+    }
+
+    /// The final broker state in a stable form, for the trace hash.
+    pub fn fingerprint(&self, broker: &MemBroker, mut mix: impl FnMut(&[u8])) {
+        for topic in [TOPIC, DLQ_TOPIC, TASK_DLQ_TOPIC] {
+            for m in broker.topic_messages(topic) {
+                mix(&m.id.0);
+                mix(&m.payload);
+            }
+        }
+        for id in broker.acked_ids(TOPIC, SUBSCRIPTION) {
+            mix(&id.0);
+        }
+        let c = broker.counters();
+        for v in [
+            c.published,
+            c.delivered,
+            c.redelivered,
+            c.acks,
+            c.nacks,
+            c.redundant_acks,
+            c.rejected_acks,
+            c.injected_faults,
+        ] {
+            mix(&v.to_le_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_ids_parse_and_poison_has_none() {
+        assert_eq!(payload_id(br#"{"id":7}"#), Some(7));
+        assert_eq!(payload_id(br#"{"poison":7}"#), None);
+        assert_eq!(payload_id(b"not json"), None);
+    }
+}
