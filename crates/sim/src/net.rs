@@ -78,18 +78,28 @@ impl Run<'_> {
         lock(&self.world).fail(Who::Sim, None, detail);
     }
 
+    /// Cuts (`true`) or restores one more layer of the link between the broker and `host`.
+    fn cut(&mut self, host: u8, on: bool) {
+        let n = &mut self.broken.partitions[usize::from(host)];
+        if on {
+            if *n == 0 {
+                self.sim.partition(BROKER_HOST, host_name(host));
+            }
+            *n += 1;
+        } else if *n > 0 {
+            *n -= 1;
+            if *n == 0 {
+                self.sim.repair(BROKER_HOST, host_name(host));
+            }
+        }
+    }
+
     fn start(&mut self, fault: Fault) {
         self.broken.events += 1;
         self.note(format!("fault {fault:?}"));
         let b = &mut self.broken;
         match fault {
-            Fault::Partition { host, .. } => {
-                let n = &mut b.partitions[usize::from(host)];
-                if *n == 0 {
-                    self.sim.partition(BROKER_HOST, host_name(host));
-                }
-                *n += 1;
-            }
+            Fault::Partition { host, .. } => self.cut(host, true),
             Fault::Hold { host, .. } => {
                 let n = &mut b.holds[usize::from(host)];
                 if *n == 0 {
@@ -105,6 +115,14 @@ impl Run<'_> {
             Fault::BrokerHostCrash { .. } => {
                 if !b.broker_down {
                     b.broker_down = true;
+                    // Power-loss semantics: the link goes first, so the dying host sends no
+                    // FIN or RST. (It also keeps the crash deterministic: tokio drops a
+                    // runtime's tasks in an order that depends on process-wide task ids, and
+                    // every segment sent while dropping would draw its latency from turmoil's
+                    // rng in that order.)
+                    for h in 0..self.scenario.services {
+                        self.cut(h, true);
+                    }
                     self.sim.crash(BROKER_HOST);
                 }
             }
@@ -145,6 +163,7 @@ impl Run<'_> {
                 if !*down {
                     *down = true;
                     lock(&self.world).crashed(host);
+                    self.cut(host, true);
                     self.sim.crash(host_name(host));
                 }
             }
@@ -165,15 +184,7 @@ impl Run<'_> {
     fn end(&mut self, fault: Fault) {
         let b = &mut self.broken;
         match fault {
-            Fault::Partition { host, .. } => {
-                let n = &mut b.partitions[usize::from(host)];
-                if *n > 0 {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.sim.repair(BROKER_HOST, host_name(host));
-                    }
-                }
-            }
+            Fault::Partition { host, .. } => self.cut(host, false),
             Fault::Hold { host, .. } => {
                 let n = &mut b.holds[usize::from(host)];
                 if *n > 0 {
@@ -194,6 +205,9 @@ impl Run<'_> {
                 if b.broker_down {
                     b.broker_down = false;
                     self.sim.bounce(BROKER_HOST);
+                    for h in 0..self.scenario.services {
+                        self.cut(h, false);
+                    }
                 }
             }
             Fault::BrokerSlowOp { op, latency_ms, .. } => {
@@ -217,6 +231,7 @@ impl Run<'_> {
                 if *down {
                     *down = false;
                     self.sim.bounce(host_name(host));
+                    self.cut(host, false);
                 }
             }
             Fault::DownstreamOutage { kind, .. } => {

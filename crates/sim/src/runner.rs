@@ -138,13 +138,15 @@ fn seed_result(batch: &Batch, seed: u64) -> Result<SeedStats, Box<Failure>> {
         let second = run_one(batch.tier, seed, &batch.opts);
         let again = match second {
             Ok(p) => p.hash,
-            Err(f) => return Err(Box::new(Failure {
-                detail: format!(
+            Err(f) => {
+                return Err(Box::new(Failure {
+                    detail: format!(
                     "nondeterministic: the first run passed (hash {:016x}), the second failed: {}",
                     passed.hash, f.detail
                 ),
-                ..*f
-            })),
+                    ..*f
+                }))
+            }
         };
         if again != passed.hash {
             return Err(Box::new(Failure {

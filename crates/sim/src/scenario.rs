@@ -466,6 +466,15 @@ impl Scenario {
             nack_delay_ms: rng.range(0, 1000) as u32,
             handler_ms: (rng.range(1, 20) as u32, rng.range(20, 150) as u32),
         };
+        let mut consumer = consumer;
+        if knobs.broker_host_crash {
+            // The in-memory broker keeps nack-delay deadlines as tokio `Instant`s of the broker
+            // host's runtime; a restarted host gets a new runtime whose paused clock starts from
+            // the real clock, so old deadlines would fall due after a real-time-dependent
+            // simulated delay (nondeterministic). Without a nack delay nothing time-stamped
+            // outlives a broker restart.
+            consumer.nack_delay_ms = 0;
+        }
         let task = TaskSettings {
             retry: policy(&mut rng),
             breaker: breaker(&mut rng),
