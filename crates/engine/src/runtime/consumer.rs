@@ -57,7 +57,8 @@ pub struct ConsumerReport {
     pub max_in_flight: u32,
 }
 
-/// A running consumer.
+/// A running consumer. Dropping the handle shuts the consumer down gracefully, like
+/// [`ConsumerHandle::shutdown`] without waiting: keep it for as long as the consumer should run.
 #[derive(Debug)]
 pub struct ConsumerHandle {
     shutdown: watch::Sender<Option<Duration>>,
