@@ -12,6 +12,7 @@ use pulsar::{
 };
 
 use crate::error::{broker_error, ConnectError};
+use crate::nodelay;
 use crate::options::{validate_url, PulsarOptions};
 use crate::producer::PulsarProducer;
 use crate::subscription::PulsarSubscription;
@@ -21,6 +22,17 @@ pub(crate) struct ClientInner {
     pub(crate) client: Pulsar<TokioExecutor>,
     pub(crate) options: PulsarOptions,
     pub(crate) url: String,
+    /// The service port whose connections get `TCP_NODELAY` (None: left as the crate made them).
+    nodelay_port: Option<u16>,
+}
+
+impl ClientInner {
+    /// Sets `TCP_NODELAY` on broker connections made since the last time (see `nodelay`).
+    pub(crate) fn refresh_nodelay(&self) {
+        if let Some(port) = self.nodelay_port {
+            nodelay::apply(port);
+        }
+    }
 }
 
 /// A connection to a Pulsar cluster, implementing the engine's [`Broker`].
@@ -113,12 +125,23 @@ impl PulsarBroker {
             }
             Ok(Ok(client)) => client,
         };
+        let nodelay_port = if options.tcp_nodelay {
+            nodelay::service_port(url)
+        } else {
+            None
+        };
+        let inner = Arc::new(ClientInner {
+            client,
+            options,
+            url: url.to_string(),
+            nodelay_port,
+        });
+        if let Some(port) = nodelay_port {
+            inner.refresh_nodelay();
+            nodelay::keep_applying(port, Arc::downgrade(&inner));
+        }
         Ok(PulsarBroker {
-            inner: Arc::new(ClientInner {
-                client,
-                options,
-                url: url.to_string(),
-            }),
+            inner,
             producers: Arc::new(Mutex::new(HashMap::new())),
         })
     }

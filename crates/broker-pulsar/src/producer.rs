@@ -158,7 +158,10 @@ async fn create(inner: &ClientInner, topic: &str, deadline: Instant) -> Result<I
                     format!("{context}: the pulsar client task failed: {join}"),
                 ))
             }
-            Ok(Ok(Ok(producer))) => return Ok(producer),
+            Ok(Ok(Ok(producer))) => {
+                inner.refresh_nodelay();
+                return Ok(producer);
+            }
             Ok(Ok(Err(e))) => e,
         };
         if !is_transient_answer(&error) || Instant::now() + delay >= deadline {

@@ -331,7 +331,10 @@ async fn build_consumer(
                     format!("{context}: the pulsar client task failed: {join}"),
                 ))
             }
-            Ok(Ok(Ok(consumer))) => return Ok(Built { consumer }),
+            Ok(Ok(Ok(consumer))) => {
+                inner.refresh_nodelay();
+                return Ok(Built { consumer });
+            }
             Ok(Ok(Err(e))) => e,
         };
         // A topic still loading may be ready soon; refusals and an unreachable broker fail now.

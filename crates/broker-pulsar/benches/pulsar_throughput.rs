@@ -1,0 +1,741 @@
+//! backstop on a real Apache Pulsar against the bare `pulsar` crate and pulsar-perf, in one run
+//! on the same broker (DESIGN.md §6). Not a test: numbers, no assertions.
+//!
+//! ```text
+//! scripts/pulsar start
+//! cargo bench -p backstop-pulsar --bench pulsar_throughput
+//! scripts/pulsar stop
+//! ```
+//!
+//! The broker is `BACKSTOP_PULSAR_URL` / `BACKSTOP_PULSAR_ADMIN` (default
+//! `pulsar://127.0.0.1:6650` / `http://127.0.0.1:8080`); pulsar-perf runs through
+//! `scripts/pulsar perf-produce` against the same broker. Settings (environment):
+//! `BENCH_MESSAGES` (per round and contender, default 20000), `BENCH_SIZE` (payload bytes, 1024),
+//! `BENCH_WINDOW` (messages in flight when producing, 64), `BENCH_PREFETCH` (consumer flow
+//! permits, 500), `BENCH_PARALLELISM` (backstop consumer `max_parallelism`, 64), `BENCH_ROUNDS`
+//! (3; contenders alternate order, the median counts), `BENCH_LATENCY` (sequential messages for
+//! latency, 1000), `BENCH_PERF_SECONDS` (10; 0 skips pulsar-perf), `BENCH_ONLY` (the parts to
+//! run, default `produce,consume,latency,perf`), `BENCH_NODELAY` (1: the adapter's default
+//! `tcp_nodelay`, which sets `TCP_NODELAY` on every connection of the process to the broker
+//! port, the bare client's included; 0: Nagle on for both, the pulsar crate's default).
+//!
+//! Contenders, all without batching and with the same window:
+//! - produce: the bare crate (one producer, `send_non_blocking`, `window` receipts outstanding);
+//!   the adapter (`PulsarProducer::send` from `window` tasks); backstop (`Task::call` from
+//!   `window` tasks: body, JSON encoding, breaker, metrics, publish); pulsar-perf (`-db -o window`,
+//!   and with its default batching).
+//! - consume (a topic pre-filled with `messages` messages, one subscription per contender): the
+//!   bare crate (receive + ack loop); the adapter (`receive` + `ack` loop); backstop
+//!   (`spawn_consumer` with a no-op handler, `max_parallelism` `parallelism`), until every message
+//!   is acked.
+//! - latency, one message at a time: publish (call → broker receipt) and end to end (call →
+//!   handler), p50 and p99, bare vs backstop.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backstop::broker::{Broker, OutgoingMessage, SubscriptionSpec};
+use backstop::{Backstop, ConsumerSpec, Task, TaskError, TaskSpec};
+use backstop_engine::core::{ConsumerEvent, Time};
+use backstop_engine::runtime::Observer;
+use backstop_pulsar::pulsar::{
+    self, consumer::InitialPosition, ConsumerOptions, ProducerOptions, Pulsar, SubType,
+    TokioExecutor,
+};
+use backstop_pulsar::{PulsarBroker, PulsarOptions};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Clone, Debug)]
+struct Config {
+    url: String,
+    admin: String,
+    messages: usize,
+    size: usize,
+    window: usize,
+    prefetch: u32,
+    parallelism: u32,
+    rounds: usize,
+    latency: usize,
+    perf_seconds: u64,
+    only: String,
+    nodelay: bool,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+impl Config {
+    fn from_env() -> Config {
+        Config {
+            url: env_or("BACKSTOP_PULSAR_URL", "pulsar://127.0.0.1:6650".to_string()),
+            admin: env_or("BACKSTOP_PULSAR_ADMIN", "http://127.0.0.1:8080".to_string()),
+            messages: env_or("BENCH_MESSAGES", 20_000),
+            size: env_or("BENCH_SIZE", 1024),
+            window: env_or("BENCH_WINDOW", 64),
+            prefetch: env_or("BENCH_PREFETCH", 500),
+            parallelism: env_or("BENCH_PARALLELISM", 64),
+            rounds: env_or("BENCH_ROUNDS", 3),
+            latency: env_or("BENCH_LATENCY", 1000),
+            perf_seconds: env_or("BENCH_PERF_SECONDS", 10),
+            only: env_or("BENCH_ONLY", "produce,consume,latency,perf".to_string()),
+            nodelay: env_or("BENCH_NODELAY", 1) != 0,
+        }
+    }
+
+    /// Whether `part` (produce, consume, latency, perf) is to run (`BENCH_ONLY`).
+    fn wants(&self, part: &str) -> bool {
+        self.only.split(',').any(|p| p.trim() == part)
+    }
+}
+
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("bench-{tag}-{nanos}")
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A bare crate client with the adapter's connection settings.
+async fn bare_client(cfg: &Config) -> Res<Pulsar<TokioExecutor>> {
+    Ok(Pulsar::builder(cfg.url.clone(), TokioExecutor)
+        .build()
+        .await?)
+}
+
+async fn bare_producer(
+    client: &Pulsar<TokioExecutor>,
+    topic: &str,
+) -> Res<pulsar::Producer<TokioExecutor>> {
+    Ok(client
+        .producer()
+        .with_topic(topic)
+        .with_options(ProducerOptions {
+            batch_size: None,
+            batch_byte_size: None,
+            batch_timeout: None,
+            block_queue_if_full: true,
+            ..Default::default()
+        })
+        .build()
+        .await?)
+}
+
+/// Publishes `n` payloads with `window` receipts outstanding; returns the time.
+async fn bare_produce(client: &Pulsar<TokioExecutor>, topic: &str, cfg: &Config) -> Res<Duration> {
+    let mut producer = bare_producer(client, topic).await?;
+    let payload = vec![b'x'; cfg.size];
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..cfg.messages {
+        if inflight.len() >= cfg.window {
+            if let Some(r) = inflight.next().await {
+                r?;
+            }
+        }
+        inflight.push(producer.send_non_blocking(payload.clone()).await?);
+    }
+    while let Some(r) = inflight.next().await {
+        r?;
+    }
+    let took = start.elapsed();
+    producer.close().await?;
+    Ok(took)
+}
+
+/// `window` tasks publishing through the adapter's producer.
+async fn adapter_produce(broker: &PulsarBroker, topic: &str, cfg: &Config) -> Res<Duration> {
+    let producer = broker.producer(topic).await?;
+    let payload = vec![b'x'; cfg.size];
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..cfg.window {
+        let (producer, payload, next, n) = (
+            producer.clone(),
+            payload.clone(),
+            next.clone(),
+            cfg.messages,
+        );
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                producer.send(OutgoingMessage::new(payload.clone())).await?;
+            }
+            Ok::<_, backstop::broker::BrokerError>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(start.elapsed())
+}
+
+/// `window` tasks calling a backstop task whose body returns a string that encodes to exactly
+/// `size` bytes of JSON.
+async fn backstop_produce(bs: &Backstop, topic: &str, cfg: &Config) -> Res<Duration> {
+    let task = Task::new(bs, TaskSpec::new(topic).build()?)?;
+    let body = json_body(cfg);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..cfg.window {
+        let (task, next, n) = (task.clone(), next.clone(), cfg.messages);
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                task.call((), move |_| async move { Ok::<_, TaskError>(body) })
+                    .await
+                    .map_err(|f| f.to_string())?;
+            }
+            Ok::<_, String>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(start.elapsed())
+}
+
+/// A string whose JSON encoding is exactly `size` bytes (a task's value), made once.
+fn json_body(cfg: &Config) -> &'static str {
+    Box::leak("x".repeat(cfg.size.saturating_sub(2)).into_boxed_str())
+}
+
+/// A tiny HTTP/1.0 PUT to the (loopback) admin API.
+async fn http_put(base: &str, path: &str) -> Res<()> {
+    let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = tokio::net::TcpStream::connect(hostport).await?;
+    let request = format!(
+        "PUT {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split_whitespace().nth(1).unwrap_or("");
+    if !status.starts_with('2') {
+        return Err(format!("PUT {path}: {}", text.lines().next().unwrap_or("")).into());
+    }
+    Ok(())
+}
+
+/// Counts acks of a backstop consumer.
+struct AckCounter(AtomicU64);
+
+impl Observer for AckCounter {
+    fn consumer_event(&self, _consumer: &str, _now: Time, e: &ConsumerEvent) {
+        if matches!(e, ConsumerEvent::Acked { .. }) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn bare_consume(
+    client: &Pulsar<TokioExecutor>,
+    topic: &str,
+    sub: &str,
+    cfg: &Config,
+) -> Res<Duration> {
+    let start = Instant::now();
+    let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> = client
+        .consumer()
+        .with_topic(topic)
+        .with_subscription(sub)
+        .with_subscription_type(SubType::Shared)
+        .with_batch_size(cfg.prefetch)
+        .with_options(ConsumerOptions {
+            durable: Some(true),
+            initial_position: InitialPosition::Earliest,
+            receiver_queue_size: Some(cfg.prefetch * 2),
+            ..Default::default()
+        })
+        .build()
+        .await?;
+    for _ in 0..cfg.messages {
+        let m = consumer.next().await.ok_or("stream ended")??;
+        consumer.ack(&m).await?;
+    }
+    let took = start.elapsed();
+    consumer.close().await?;
+    Ok(took)
+}
+
+async fn adapter_consume(
+    broker: &PulsarBroker,
+    topic: &str,
+    sub: &str,
+    cfg: &Config,
+) -> Res<Duration> {
+    let start = Instant::now();
+    let s = broker.subscribe(&SubscriptionSpec::new(topic, sub)).await?;
+    for _ in 0..cfg.messages {
+        let m = s.receive().await?;
+        s.ack(&m.id).await?;
+    }
+    let took = start.elapsed();
+    s.close().await?;
+    Ok(took)
+}
+
+async fn backstop_consume(
+    broker: &PulsarBroker,
+    topic: &str,
+    sub: &str,
+    cfg: &Config,
+) -> Res<Duration> {
+    let acks = Arc::new(AckCounter(AtomicU64::new(0)));
+    let bs = Backstop::builder(Arc::new(broker.clone()))
+        .observer(acks.clone())
+        .env_from(BTreeMap::new())
+        .build()?;
+    let start = Instant::now();
+    let handle = bs
+        .spawn_consumer(
+            ConsumerSpec::new(topic, sub)
+                .max_parallelism(cfg.parallelism)
+                .build()?,
+            |_: serde_json::Value| async { Ok(()) },
+        )
+        .await?;
+    while acks.0.load(Ordering::Relaxed) < cfg.messages as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = start.elapsed();
+    handle.shutdown_within(Duration::from_secs(5)).await;
+    Ok(took)
+}
+
+fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
+    v.sort();
+    v
+}
+
+/// Latency samples of one contender, sorted.
+type Samples = Vec<Duration>;
+
+/// Sequential publishes (call → broker receipt): bare, adapter, backstop.
+async fn publish_latency(
+    client: &Pulsar<TokioExecutor>,
+    broker: &PulsarBroker,
+    bs: &Backstop,
+    cfg: &Config,
+) -> Res<[Samples; 3]> {
+    let topic = unique("lat-publish");
+    let mut producer = bare_producer(client, &topic).await?;
+    let payload = vec![b'x'; cfg.size];
+    let adapter = broker.producer(&format!("{topic}-adapter")).await?;
+    let task = Task::new(bs, TaskSpec::new(format!("{topic}-bs")).build()?)?;
+    let body = json_body(cfg);
+    let mut out: [Samples; 3] = Default::default();
+    for i in 0..=cfg.latency {
+        let t = Instant::now();
+        producer.send_non_blocking(payload.clone()).await?.await?;
+        let bare = t.elapsed();
+        let t = Instant::now();
+        adapter.send(OutgoingMessage::new(payload.clone())).await?;
+        let adapted = t.elapsed();
+        let t = Instant::now();
+        task.call((), move |_| async move { Ok::<_, TaskError>(body) })
+            .await
+            .map_err(|f| f.to_string())?;
+        let backstop = t.elapsed();
+        if i > 0 {
+            // the first round warms up (producers created, connections up)
+            out[0].push(bare);
+            out[1].push(adapted);
+            out[2].push(backstop);
+        }
+    }
+    producer.close().await?;
+    Ok(out.map(sorted))
+}
+
+/// Sequential end to end (publish start → the consumer has the message): the bare crate's
+/// producer and consumer, the adapter's producer and subscription, a backstop task and consumer.
+async fn e2e_latency(
+    client: &Pulsar<TokioExecutor>,
+    broker: &PulsarBroker,
+    cfg: &Config,
+) -> Res<[Samples; 3]> {
+    let topic = unique("lat-e2e");
+    let payload = vec![b'x'; cfg.size];
+    let mut out: [Samples; 3] = Default::default();
+
+    let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> = client
+        .consumer()
+        .with_topic(&topic)
+        .with_subscription("bare")
+        .with_subscription_type(SubType::Shared)
+        .with_batch_size(cfg.prefetch)
+        .build()
+        .await?;
+    let mut producer = bare_producer(client, &topic).await?;
+    for i in 0..=cfg.latency {
+        let t = Instant::now();
+        producer.send_non_blocking(payload.clone()).await?.await?;
+        let m = consumer.next().await.ok_or("stream ended")??;
+        if i > 0 {
+            out[0].push(t.elapsed());
+        }
+        consumer.ack(&m).await?;
+    }
+    consumer.close().await?;
+    producer.close().await?;
+
+    let adapter_topic = format!("{topic}-adapter");
+    let sub = broker
+        .subscribe(&SubscriptionSpec::new(&adapter_topic, "adapter"))
+        .await?;
+    let adapter = broker.producer(&adapter_topic).await?;
+    for i in 0..=cfg.latency {
+        let t = Instant::now();
+        adapter.send(OutgoingMessage::new(payload.clone())).await?;
+        let m = sub.receive().await?;
+        if i > 0 {
+            out[1].push(t.elapsed());
+        }
+        sub.ack(&m.id).await?;
+    }
+    sub.close().await?;
+
+    let bs = Backstop::builder(Arc::new(broker.clone()))
+        .env_from(BTreeMap::new())
+        .build()?;
+    let bs_topic = format!("{topic}-bs");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let handle = bs
+        .spawn_consumer(
+            ConsumerSpec::new(&bs_topic, "backstop").build()?,
+            move |_: serde_json::Value| {
+                let _ = tx.send(Instant::now());
+                async { Ok(()) }
+            },
+        )
+        .await?;
+    let task = Task::new(&bs, TaskSpec::new(&bs_topic).build()?)?;
+    let body = json_body(cfg);
+    for i in 0..=cfg.latency {
+        let t = Instant::now();
+        task.call((), move |_| async move { Ok::<_, TaskError>(body) })
+            .await
+            .map_err(|f| f.to_string())?;
+        let handled = rx.recv().await.ok_or("consumer stopped")?;
+        if i > 0 {
+            out[2].push(handled - t);
+        }
+    }
+    handle.shutdown_within(Duration::from_secs(5)).await;
+    Ok(out.map(sorted))
+}
+
+/// pulsar-perf produce on the same broker; returns (msg/s, the "Aggregated throughput" line).
+fn perf_produce(cfg: &Config, extra: &[&str]) -> Res<(f64, String)> {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pulsar");
+    let port = |u: &str| -> Res<String> {
+        Ok(u.rsplit(':')
+            .next()
+            .ok_or("no port")?
+            .trim_end_matches('/')
+            .to_string())
+    };
+    let run = std::env::temp_dir().join("backstop-pulsar-bench-perf");
+    let seconds = cfg.perf_seconds.to_string();
+    let size = cfg.size.to_string();
+    let topic = format!("persistent://public/default/{}", unique("perf"));
+    let mut args = vec![
+        "perf-produce",
+        "-time",
+        &seconds,
+        "-r",
+        "1000000",
+        "-s",
+        &size,
+    ];
+    args.extend_from_slice(extra);
+    args.push(&topic);
+    let out = Command::new(&script)
+        .args(&args)
+        .env("PULSAR_BROKER_PORT", port(&cfg.url)?)
+        .env("PULSAR_WEB_PORT", port(&cfg.admin)?)
+        .env("BACKSTOP_PULSAR_RUN", &run)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("Aggregated throughput stats"))
+        .ok_or_else(|| format!("no 'Aggregated throughput' line in pulsar-perf output:\n{text}"))?
+        .to_string();
+    // "... Aggregated throughput stats --- 123456 records sent --- 12345.678 msg/s --- ..."
+    let rate = line
+        .split("---")
+        .find_map(|part| part.trim().strip_suffix(" msg/s"))
+        .and_then(|v| v.trim().replace(',', "").parse::<f64>().ok())
+        .ok_or_else(|| format!("cannot parse: {line}"))?;
+    Ok((rate, line.trim().to_string()))
+}
+
+async fn produce_rounds(
+    client: &Pulsar<TokioExecutor>,
+    broker: &PulsarBroker,
+    bs: &Backstop,
+    cfg: &Config,
+) -> Res<[f64; 3]> {
+    // Warm-up: connections, the broker's JIT.
+    let warm = Config {
+        messages: cfg.messages.min(5_000),
+        ..cfg.clone()
+    };
+    bare_produce(client, &unique("warm"), &warm).await?;
+    backstop_produce(bs, &unique("warm-bs"), &warm).await?;
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 0..cfg.rounds {
+        let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for who in order {
+            let topic = unique("produce");
+            let took = match who {
+                0 => bare_produce(client, &topic, cfg).await?,
+                1 => adapter_produce(broker, &topic, cfg).await?,
+                _ => backstop_produce(bs, &topic, cfg).await?,
+            };
+            rates[who].push(rate(cfg.messages, took));
+        }
+        println!(
+            "  produce round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s",
+            rates[0][round], rates[1][round], rates[2][round]
+        );
+    }
+    Ok(rates.map(median))
+}
+
+async fn consume_rounds(
+    client: &Pulsar<TokioExecutor>,
+    broker: &PulsarBroker,
+    cfg: &Config,
+) -> Res<[f64; 3]> {
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 0..cfg.rounds {
+        // One pre-filled topic per round, one subscription per contender (made before the fill,
+        // so the broker keeps the messages for each).
+        let name = unique("consume");
+        for sub in ["bare", "adapter", "backstop"] {
+            http_put(
+                &cfg.admin,
+                &format!("/admin/v2/persistent/public/default/{name}/subscription/{sub}"),
+            )
+            .await?;
+        }
+        let topic = format!("persistent://public/default/{name}");
+        // JSON payloads, so that backstop's consumer decodes them (a JSON string of `size` bytes)
+        let mut producer = bare_producer(client, &topic).await?;
+        let payload = serde_json::to_vec(json_body(cfg))?;
+        let mut inflight = FuturesUnordered::new();
+        for _ in 0..cfg.messages {
+            if inflight.len() >= 256 {
+                if let Some(r) = inflight.next().await {
+                    r?;
+                }
+            }
+            inflight.push(producer.send_non_blocking(payload.clone()).await?);
+        }
+        while let Some(r) = inflight.next().await {
+            r?;
+        }
+        producer.close().await?;
+        let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for who in order {
+            let took = match who {
+                0 => bare_consume(client, &topic, "bare", cfg).await?,
+                1 => adapter_consume(broker, &topic, "adapter", cfg).await?,
+                _ => backstop_consume(broker, &topic, "backstop", cfg).await?,
+            };
+            rates[who].push(rate(cfg.messages, took));
+        }
+        println!(
+            "  consume round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s",
+            rates[0][round], rates[1][round], rates[2][round]
+        );
+    }
+    Ok(rates.map(median))
+}
+
+async fn run(cfg: Config) -> Res<()> {
+    let client = bare_client(&cfg).await?;
+    let broker = PulsarBroker::connect(
+        &cfg.url,
+        PulsarOptions::default()
+            .with_receiver_queue_size(cfg.prefetch)
+            .with_initial_position(backstop_pulsar::InitialPosition::Earliest)
+            .with_tcp_nodelay(cfg.nodelay),
+    )
+    .await?;
+    let bs = Backstop::builder(Arc::new(broker.clone()))
+        .env_from(BTreeMap::new())
+        .build()?;
+    if cfg.nodelay {
+        // The adapter sets TCP_NODELAY on every connection of the process to the broker's port
+        // once a second, the bare client's too: let it catch them before measuring.
+        let mut warm = bare_producer(&client, &unique("nodelay")).await?;
+        warm.send_non_blocking(vec![0u8]).await?.await?;
+        broker.producer(&unique("nodelay")).await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    println!(
+        "pulsar_throughput: {} at {}; {} messages x {} B per round, window {}, prefetch {}, \
+         backstop max_parallelism {}, {} rounds, no batching, TCP_NODELAY {}; parts: {}",
+        version(&cfg).await,
+        cfg.url,
+        cfg.messages,
+        cfg.size,
+        cfg.window,
+        cfg.prefetch,
+        cfg.parallelism,
+        cfg.rounds,
+        if cfg.nodelay {
+            "on (both)"
+        } else {
+            "off (both, the crate's default)"
+        },
+        cfg.only
+    );
+    let produce = if cfg.wants("produce") {
+        Some(produce_rounds(&client, &broker, &bs, &cfg).await?)
+    } else {
+        None
+    };
+    let consume = if cfg.wants("consume") {
+        Some(consume_rounds(&client, &broker, &cfg).await?)
+    } else {
+        None
+    };
+    let latency = if cfg.wants("latency") {
+        Some((
+            publish_latency(&client, &broker, &bs, &cfg).await?,
+            e2e_latency(&client, &broker, &cfg).await?,
+        ))
+    } else {
+        None
+    };
+    let perf = if cfg.wants("perf") && cfg.perf_seconds > 0 {
+        let window = cfg.window.to_string();
+        let unbatched = perf_produce(&cfg, &["-db", "-o", &window])?;
+        let batched = perf_produce(&cfg, &[])?;
+        Some((unbatched, batched))
+    } else {
+        None
+    };
+
+    println!("\n== results (medians of {} rounds)", cfg.rounds);
+    println!("| measure | bare `pulsar` crate | adapter | backstop | backstop / bare |");
+    println!("|---|---|---|---|---|");
+    if let Some([b, a, s]) = produce {
+        println!(
+            "| produce, msg/s (window {}) | {b:.0} | {a:.0} | {s:.0} | {:.2} |",
+            cfg.window,
+            s / b
+        );
+    }
+    if let Some([b, a, s]) = consume {
+        println!(
+            "| consume, msg/s (prefetch {}, backstop max_parallelism {}) | {b:.0} | {a:.0} | {s:.0} | {:.2} |",
+            cfg.prefetch,
+            cfg.parallelism,
+            s / b
+        );
+    }
+    if let Some((publish, e2e)) = &latency {
+        println!("\n| latency, one message at a time | bare p50 / p99 | adapter p50 / p99 | backstop p50 / p99 | backstop - bare p50 / p99 |");
+        println!("|---|---|---|---|---|");
+        for (what, [bare, adapter, bs]) in [
+            ("publish (call → receipt)", publish),
+            ("end to end (call → handler)", e2e),
+        ] {
+            let p = |v: &Samples| (ms(percentile(v, 0.5)), ms(percentile(v, 0.99)));
+            let ((b50, b99), (a50, a99), (s50, s99)) = (p(bare), p(adapter), p(bs));
+            println!(
+                "| {what} | {b50:.2} / {b99:.2} ms | {a50:.2} / {a99:.2} ms | {s50:.2} / {s99:.2} ms | {:+.2} / {:+.2} ms |",
+                s50 - b50,
+                s99 - b99
+            );
+        }
+    }
+    if let Some(((u, uline), (b, bline))) = perf {
+        println!("\n| pulsar-perf produce | msg/s | backstop produce / pulsar-perf |");
+        println!("|---|---|---|");
+        let ours = produce.map(|[_, _, s]| s).unwrap_or(f64::NAN);
+        println!(
+            "| `-db -o {}` (no batching, same window) | {u:.0} | {:.2} |",
+            cfg.window,
+            ours / u
+        );
+        println!("| default (batching on) | {b:.0} | {:.2} |", ours / b);
+        println!("\npulsar-perf -db: {uline}\npulsar-perf batching: {bline}");
+    }
+    Ok(())
+}
+
+async fn version(cfg: &Config) -> String {
+    let hostport = cfg
+        .admin
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(&hostport).await.ok()?;
+        let req = format!("GET /admin/v2/brokers/version HTTP/1.0\r\nHost: {hostport}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        Some(text.split_once("\r\n\r\n")?.1.trim().to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), fetch).await {
+        Ok(Some(v)) => format!("Apache Pulsar {v}"),
+        _ => "Apache Pulsar (version unknown)".to_string(),
+    }
+}
+
+fn main() {
+    let cfg = Config::from_env();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(cfg.clone())) {
+        eprintln!(
+            "pulsar_throughput failed against {}: {e}\n(start a broker with `scripts/pulsar start`, or set BACKSTOP_PULSAR_URL / BACKSTOP_PULSAR_ADMIN)",
+            cfg.url
+        );
+        std::process::exit(1);
+    }
+}
