@@ -107,6 +107,26 @@ fn unique(tag: &str) -> String {
     format!("bench-{tag}-{nanos}")
 }
 
+/// CPU time (user + system) this process used so far, from `/proc/self/stat` (Linux; 10 ms
+/// ticks), or zero elsewhere.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // fields after the ")" closing the command name: state is field 3, utime 14, stime 15
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -510,7 +530,7 @@ async fn produce_rounds(
     broker: &PulsarBroker,
     bs: &Backstop,
     cfg: &Config,
-) -> Res<[f64; 3]> {
+) -> Res<([f64; 3], [f64; 3])> {
     // Warm-up: connections, the broker's JIT.
     let warm = Config {
         messages: cfg.messages.min(5_000),
@@ -519,31 +539,39 @@ async fn produce_rounds(
     bare_produce(client, &unique("warm"), &warm).await?;
     backstop_produce(bs, &unique("warm-bs"), &warm).await?;
     let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut cpu: [Vec<f64>; 3] = Default::default();
     for round in 0..cfg.rounds {
         let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for who in order {
             let topic = unique("produce");
+            let cpu0 = cpu_time();
             let took = match who {
                 0 => bare_produce(client, &topic, cfg).await?,
                 1 => adapter_produce(broker, &topic, cfg).await?,
                 _ => backstop_produce(bs, &topic, cfg).await?,
             };
+            cpu[who].push(per_message_us(cpu_time() - cpu0, cfg.messages));
             rates[who].push(rate(cfg.messages, took));
         }
         println!(
-            "  produce round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s",
-            rates[0][round], rates[1][round], rates[2][round]
+            "  produce round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s; client CPU {:.1} / {:.1} / {:.1} µs/msg",
+            rates[0][round], rates[1][round], rates[2][round], cpu[0][round], cpu[1][round], cpu[2][round]
         );
     }
-    Ok(rates.map(median))
+    Ok((rates.map(median), cpu.map(median)))
+}
+
+fn per_message_us(cpu: Duration, n: usize) -> f64 {
+    cpu.as_secs_f64() * 1e6 / n as f64
 }
 
 async fn consume_rounds(
     client: &Pulsar<TokioExecutor>,
     broker: &PulsarBroker,
     cfg: &Config,
-) -> Res<[f64; 3]> {
+) -> Res<([f64; 3], [f64; 3])> {
     let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut cpu: [Vec<f64>; 3] = Default::default();
     for round in 0..cfg.rounds {
         // One pre-filled topic per round, one subscription per contender (made before the fill,
         // so the broker keeps the messages for each).
@@ -574,19 +602,21 @@ async fn consume_rounds(
         producer.close().await?;
         let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
         for who in order {
+            let cpu0 = cpu_time();
             let took = match who {
                 0 => bare_consume(client, &topic, "bare", cfg).await?,
                 1 => adapter_consume(broker, &topic, "adapter", cfg).await?,
                 _ => backstop_consume(broker, &topic, "backstop", cfg).await?,
             };
+            cpu[who].push(per_message_us(cpu_time() - cpu0, cfg.messages));
             rates[who].push(rate(cfg.messages, took));
         }
         println!(
-            "  consume round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s",
-            rates[0][round], rates[1][round], rates[2][round]
+            "  consume round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s; client CPU {:.1} / {:.1} / {:.1} µs/msg",
+            rates[0][round], rates[1][round], rates[2][round], cpu[0][round], cpu[1][round], cpu[2][round]
         );
     }
-    Ok(rates.map(median))
+    Ok((rates.map(median), cpu.map(median)))
 }
 
 async fn run(cfg: Config) -> Res<()> {
@@ -658,19 +688,27 @@ async fn run(cfg: Config) -> Res<()> {
     println!("\n== results (medians of {} rounds)", cfg.rounds);
     println!("| measure | bare `pulsar` crate | adapter | backstop | backstop / bare |");
     println!("|---|---|---|---|---|");
-    if let Some([b, a, s]) = produce {
+    if let Some(([b, a, s], [cb, ca, cs])) = produce {
         println!(
             "| produce, msg/s (window {}) | {b:.0} | {a:.0} | {s:.0} | {:.2} |",
             cfg.window,
             s / b
         );
+        println!(
+            "| produce, client CPU µs/msg | {cb:.1} | {ca:.1} | {cs:.1} | {:.2} |",
+            cs / cb
+        );
     }
-    if let Some([b, a, s]) = consume {
+    if let Some(([b, a, s], [cb, ca, cs])) = consume {
         println!(
             "| consume, msg/s (prefetch {}, backstop max_parallelism {}) | {b:.0} | {a:.0} | {s:.0} | {:.2} |",
             cfg.prefetch,
             cfg.parallelism,
             s / b
+        );
+        println!(
+            "| consume, client CPU µs/msg | {cb:.1} | {ca:.1} | {cs:.1} | {:.2} |",
+            cs / cb
         );
     }
     if let Some((publish, e2e)) = &latency {
@@ -692,7 +730,7 @@ async fn run(cfg: Config) -> Res<()> {
     if let Some(((u, uline), (b, bline))) = perf {
         println!("\n| pulsar-perf produce | msg/s | backstop produce / pulsar-perf |");
         println!("|---|---|---|");
-        let ours = produce.map(|[_, _, s]| s).unwrap_or(f64::NAN);
+        let ours = produce.map(|([_, _, s], _)| s).unwrap_or(f64::NAN);
         println!(
             "| `-db -o {}` (no batching, same window) | {u:.0} | {:.2} |",
             cfg.window,

@@ -33,6 +33,9 @@ struct Slot {
 ///   creates a new one.
 /// - A payload larger than [`PulsarOptions::max_message_size`](crate::PulsarOptions) fails with
 ///   [`ErrorKind::Rejected`] without being sent.
+/// - A dead-letter record of backstop's runtime gets its `ORIGIN_MESSAGE_ID` property in the
+///   Java form ([`java_origin_message_id`](crate::java_origin_message_id)); other messages are
+///   sent as they are.
 pub struct PulsarProducer {
     topic: String,
     inner: Arc<ClientInner>,
