@@ -220,7 +220,8 @@ impl World {
             .collect()
     }
 
-    fn flush_one(&mut self, host: u8, inc: u32) {
+    /// Feeds the buffered step of one incarnation's consumer to its oracle.
+    pub fn flush_one(&mut self, host: u8, inc: u32) {
         if let Some(f) = self.feeds.get_mut(&(host, inc)) {
             if let Err(v) = f.flush() {
                 self.fail_violation(
