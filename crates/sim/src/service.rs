@@ -251,28 +251,29 @@ pub async fn run_service(ctx: Arc<ServiceCtx>, host: u8) -> turmoil::Result {
     // The runtime's own counts must match what its observer showed the oracle: nothing the
     // machine did went unobserved. (Its `nacked` also counts deliveries pulled after shutdown
     // began that never reached the machine.)
-    let mut w = lock(&world);
-    w.flush_one(host, inc);
-    if let Some(o) = w.feeds.get(&(host, inc)).map(|f| *f.oracle().stats()) {
-        let seen = (o.delivered, o.invoked, o.acked, o.dlq_confirmed);
-        let counted = (
-            report.received,
-            report.invoked,
-            report.acked,
-            report.dead_lettered,
-        );
-        if seen != counted || report.nacked < o.nacked {
-            w.fail(
-                who,
-                None,
-                format!(
-                    "the observer showed (received, invoked, acked, dead-lettered) = {seen:?} and {} nacks, the runtime counted {counted:?} and {} nacks",
-                    o.nacked, report.nacked
-                ),
+    {
+        let mut w = lock(&world);
+        w.flush_one(host, inc);
+        if let Some(o) = w.feeds.get(&(host, inc)).map(|f| *f.oracle().stats()) {
+            let seen = (o.delivered, o.invoked, o.acked, o.dlq_confirmed);
+            let counted = (
+                report.received,
+                report.invoked,
+                report.acked,
+                report.dead_lettered,
             );
+            if seen != counted || report.nacked < o.nacked {
+                w.fail(
+                    who,
+                    None,
+                    format!(
+                        "the observer showed (received, invoked, acked, dead-lettered) = {seen:?} and {} nacks, the runtime counted {counted:?} and {} nacks",
+                        o.nacked, report.nacked
+                    ),
+                );
+            }
         }
     }
-    drop(w);
     std::future::pending::<()>().await;
     Ok(())
 }
