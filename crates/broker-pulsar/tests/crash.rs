@@ -350,7 +350,9 @@ async fn task_breaker_opens_on_an_outage_and_closes_after_the_restart(owned: &Ow
     assert_eq!(f.args, 6);
     assert_eq!(f.attempts, 0);
     assert_eq!(calls.load(Ordering::SeqCst), before, "no broker call");
-    assert!(took < Duration::from_millis(100), "fails fast ({took:?})");
+    // typically tens of µs; generous for a loaded machine (a broker call would take ms at least,
+    // and the counter above proves there was none)
+    assert!(took < Duration::from_millis(500), "fails fast ({took:?})");
     say(&format!(
         "breaker: open; a call failed fast in {took:?} without a broker call: {f}"
     ));
