@@ -558,7 +558,14 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
     }
 }
 
-/// Sends acks and nacks to the broker in the order the machine decided them.
+/// Attempts of one ack or nack before the acker gives up on it (the broker then redelivers the
+/// message after a reconnect or its ack timeout: a duplicate, never a loss).
+const SETTLE_ATTEMPTS: u32 = 4;
+
+/// Sends acks and nacks to the broker in the order the machine decided them. A settle that
+/// fails with a transient kind (Connection, Timeout) is retried a few times with a short
+/// backoff: left alone, a failed ack on a connection that stays up would leave the delivery
+/// unacked on the broker indefinitely (found by the simulation).
 async fn settle_loop(
     sub: Arc<dyn Subscription>,
     mut rx: mpsc::UnboundedReceiver<Settle>,
@@ -566,18 +573,22 @@ async fn settle_loop(
     topic: Arc<str>,
 ) {
     while let Some(s) = rx.recv().await {
-        match s {
-            Settle::Ack(id) => {
-                if let Err(e) = sub.ack(&id).await {
-                    bs.metrics().record_error(&topic, e.kind());
-                    tracing::warn!(topic = %topic, message_id = %id, error = %e, "ack failed; the broker will redeliver");
-                }
+        let (id, ack) = match s {
+            Settle::Ack(id) => (id, true),
+            Settle::Nack(id) => (id, false),
+        };
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1..=SETTLE_ATTEMPTS {
+            let r = if ack { sub.ack(&id).await } else { sub.nack(&id).await };
+            let Err(e) = r else { break };
+            bs.metrics().record_error(&topic, e.kind());
+            let transient = matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout);
+            if !transient || attempt == SETTLE_ATTEMPTS {
+                tracing::warn!(topic = %topic, message_id = %id, ack, attempt, error = %e, "settling failed; the broker redelivers the message later");
+                break;
             }
-            Settle::Nack(id) => {
-                if let Err(e) = sub.nack(&id).await {
-                    tracing::warn!(topic = %topic, message_id = %id, error = %e, "nack failed; the broker redelivers after its ack timeout or reconnect");
-                }
-            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
         }
     }
 }
