@@ -378,3 +378,28 @@ async fn shutdown_deadline_nacks_what_is_still_running_and_acks_nothing_unhandle
     let stats = mem.subscription_stats("in", "svc").unwrap();
     assert_eq!(stats.backlog(), 3, "{stats:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_transiently_failing_ack_is_retried_until_the_broker_has_it() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc").build().unwrap();
+    let handle = bs
+        .spawn_consumer(spec, |_m: Msg| async { Ok(()) })
+        .await
+        .unwrap();
+    mem.faults()
+        .fail_next(backstop_mem::Op::Ack, 2, backstop::ErrorKind::Connection);
+    publish(&mem, "in", [1]).await;
+    until(Duration::from_secs(5), || {
+        mem.subscription_stats("in", "svc")
+            .is_some_and(|s| s.acked == 1)
+    })
+    .await;
+    let stats = mem.subscription_stats("in", "svc").unwrap();
+    assert_eq!(stats.backlog(), 0, "{stats:?}");
+    assert!(bs
+        .metrics()
+        .render()
+        .contains("pulsar_errors_total{kind=\"connection\",topic=\"in\"} 2"));
+    handle.shutdown().await;
+}
