@@ -252,7 +252,12 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
         ));
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         self.settle = Some(settle_tx);
-        let acker = tokio::spawn(settle_loop(self.sub.clone(), settle_rx, self.bs.clone(), self.topic.clone()));
+        let acker = tokio::spawn(settle_loop(
+            self.sub.clone(),
+            settle_rx,
+            self.bs.clone(),
+            self.topic.clone(),
+        ));
         tracing::info!(topic = %self.spec.topic, subscription = %self.spec.subscription, "consumer started");
         let mut shutting_down = false;
         loop {
@@ -346,8 +351,12 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                 break;
             }
         }
-        self.meters.in_flight.set(i64::from(self.machine.in_flight()));
-        self.meters.breaker_failures.set(i64::from(self.machine.breaker_failures()));
+        self.meters
+            .in_flight
+            .set(i64::from(self.machine.in_flight()));
+        self.meters
+            .breaker_failures
+            .set(i64::from(self.machine.breaker_failures()));
         self.report.max_in_flight = self.report.max_in_flight.max(self.machine.in_flight());
     }
 
@@ -579,7 +588,11 @@ async fn settle_loop(
         };
         let mut backoff = Duration::from_millis(50);
         for attempt in 1..=SETTLE_ATTEMPTS {
-            let r = if ack { sub.ack(&id).await } else { sub.nack(&id).await };
+            let r = if ack {
+                sub.ack(&id).await
+            } else {
+                sub.nack(&id).await
+            };
             let Err(e) = r else { break };
             bs.metrics().record_error(&topic, e.kind());
             let transient = matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout);
