@@ -12,7 +12,7 @@
 //!   `tests/conformance.rs` (the adapter needs `tokio` with the `macros` and `rt-multi-thread`
 //!   features as a dev-dependency):
 //!
-//! ```ignore
+//! ```text
 //! struct PulsarHarness;
 //! #[async_trait::async_trait]
 //! impl backstop_conformance::Harness for PulsarHarness { /* features(), env() */ }
