@@ -10,10 +10,12 @@
 //! The broker is `BACKSTOP_PULSAR_URL` / `BACKSTOP_PULSAR_ADMIN` (default
 //! `pulsar://127.0.0.1:6650` / `http://127.0.0.1:8080`); pulsar-perf runs through
 //! `scripts/pulsar perf-produce` against the same broker. Settings (environment):
-//! `BENCH_MESSAGES` (per round and contender, default 20000), `BENCH_SIZE` (payload bytes, 1024),
+//! `BENCH_MESSAGES` (per round and contender, default 5000), `BENCH_SIZE` (payload bytes, 1024),
 //! `BENCH_WINDOW` (messages in flight when producing, 64), `BENCH_PREFETCH` (consumer flow
 //! permits, 500), `BENCH_PARALLELISM` (backstop consumer `max_parallelism`, 64), `BENCH_ROUNDS`
-//! (3; contenders alternate order, the median counts), `BENCH_LATENCY` (sequential messages for
+//! (12; short rounds, the contenders' order rotating through all six permutations, throughput
+//! = all messages / all time, so that load drifting on a shared machine hits each contender
+//! alike), `BENCH_LATENCY` (sequential messages for
 //! latency, 1000), `BENCH_PERF_SECONDS` (10; 0 skips pulsar-perf), `BENCH_ONLY` (the parts to
 //! run, default `produce,consume,latency,perf`), `BENCH_NODELAY` (1: the adapter's default
 //! `tcp_nodelay`, which sets `TCP_NODELAY` on every connection of the process to the broker
@@ -80,12 +82,12 @@ impl Config {
         Config {
             url: env_or("BACKSTOP_PULSAR_URL", "pulsar://127.0.0.1:6650".to_string()),
             admin: env_or("BACKSTOP_PULSAR_ADMIN", "http://127.0.0.1:8080".to_string()),
-            messages: env_or("BENCH_MESSAGES", 20_000),
+            messages: env_or("BENCH_MESSAGES", 5_000),
             size: env_or("BENCH_SIZE", 1024),
             window: env_or("BENCH_WINDOW", 64),
             prefetch: env_or("BENCH_PREFETCH", 500),
             parallelism: env_or("BENCH_PARALLELISM", 64),
-            rounds: env_or("BENCH_ROUNDS", 3),
+            rounds: env_or("BENCH_ROUNDS", 12),
             latency: env_or("BENCH_LATENCY", 1000),
             perf_seconds: env_or("BENCH_PERF_SECONDS", 10),
             only: env_or("BENCH_ONLY", "produce,consume,latency,perf".to_string()),
@@ -131,9 +133,28 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// The order of the contenders in round `round`: all six permutations in turn, so that each
+/// runs first, second and third equally often (a 2-core machine shared with a broker and
+/// other work drifts in speed; short rounds in rotating order spread the drift evenly).
+fn order(round: usize) -> [usize; 3] {
+    const ORDERS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+        [1, 0, 2],
+        [0, 2, 1],
+    ];
+    ORDERS[round % ORDERS.len()]
+}
+
+/// Messages per second over all rounds: total messages / total time.
+fn overall(times: &[Duration], n: usize) -> f64 {
+    rate(n * times.len(), times.iter().sum())
+}
+
+fn mean(v: Vec<f64>) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -502,6 +523,12 @@ fn perf_produce(cfg: &Config, extra: &[&str]) -> Res<(f64, String)> {
     args.push(&topic);
     let out = Command::new(&script)
         .args(&args)
+        // the script's default heap (512 MB) ran out with batching on a slow (loaded) broker
+        .env(
+            "PULSAR_PERF_MEM",
+            std::env::var("PULSAR_PERF_MEM")
+                .unwrap_or_else(|_| "-Xms256m -Xmx1g -XX:MaxDirectMemorySize=512m".to_string()),
+        )
         .env("PULSAR_BROKER_PORT", port(&cfg.url)?)
         .env("PULSAR_WEB_PORT", port(&cfg.admin)?)
         .env("BACKSTOP_PULSAR_RUN", &run)
@@ -538,11 +565,10 @@ async fn produce_rounds(
     };
     bare_produce(client, &unique("warm"), &warm).await?;
     backstop_produce(bs, &unique("warm-bs"), &warm).await?;
-    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut times: [Vec<Duration>; 3] = Default::default();
     let mut cpu: [Vec<f64>; 3] = Default::default();
     for round in 0..cfg.rounds {
-        let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
-        for who in order {
+        for who in order(round) {
             let topic = unique("produce");
             let cpu0 = cpu_time();
             let took = match who {
@@ -551,14 +577,15 @@ async fn produce_rounds(
                 _ => backstop_produce(bs, &topic, cfg).await?,
             };
             cpu[who].push(per_message_us(cpu_time() - cpu0, cfg.messages));
-            rates[who].push(rate(cfg.messages, took));
+            times[who].push(took);
         }
+        let r = |who: usize| rate(cfg.messages, times[who][round]);
         println!(
             "  produce round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s; client CPU {:.1} / {:.1} / {:.1} µs/msg",
-            rates[0][round], rates[1][round], rates[2][round], cpu[0][round], cpu[1][round], cpu[2][round]
+            r(0), r(1), r(2), cpu[0][round], cpu[1][round], cpu[2][round]
         );
     }
-    Ok((rates.map(median), cpu.map(median)))
+    Ok((times.map(|t| overall(&t, cfg.messages)), cpu.map(mean)))
 }
 
 fn per_message_us(cpu: Duration, n: usize) -> f64 {
@@ -570,7 +597,7 @@ async fn consume_rounds(
     broker: &PulsarBroker,
     cfg: &Config,
 ) -> Res<([f64; 3], [f64; 3])> {
-    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut times: [Vec<Duration>; 3] = Default::default();
     let mut cpu: [Vec<f64>; 3] = Default::default();
     for round in 0..cfg.rounds {
         // One pre-filled topic per round, one subscription per contender (made before the fill,
@@ -600,8 +627,7 @@ async fn consume_rounds(
             r?;
         }
         producer.close().await?;
-        let order: [usize; 3] = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
-        for who in order {
+        for who in order(round) {
             let cpu0 = cpu_time();
             let took = match who {
                 0 => bare_consume(client, &topic, "bare", cfg).await?,
@@ -609,14 +635,15 @@ async fn consume_rounds(
                 _ => backstop_consume(broker, &topic, "backstop", cfg).await?,
             };
             cpu[who].push(per_message_us(cpu_time() - cpu0, cfg.messages));
-            rates[who].push(rate(cfg.messages, took));
+            times[who].push(took);
         }
+        let r = |who: usize| rate(cfg.messages, times[who][round]);
         println!(
             "  consume round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s; client CPU {:.1} / {:.1} / {:.1} µs/msg",
-            rates[0][round], rates[1][round], rates[2][round], cpu[0][round], cpu[1][round], cpu[2][round]
+            r(0), r(1), r(2), cpu[0][round], cpu[1][round], cpu[2][round]
         );
     }
-    Ok((rates.map(median), cpu.map(median)))
+    Ok((times.map(|t| overall(&t, cfg.messages)), cpu.map(mean)))
 }
 
 async fn run(cfg: Config) -> Res<()> {
@@ -678,14 +705,21 @@ async fn run(cfg: Config) -> Res<()> {
     };
     let perf = if cfg.wants("perf") && cfg.perf_seconds > 0 {
         let window = cfg.window.to_string();
-        let unbatched = perf_produce(&cfg, &["-db", "-o", &window])?;
-        let batched = perf_produce(&cfg, &[])?;
-        Some((unbatched, batched))
+        let run = |extra: &[&str]| {
+            perf_produce(&cfg, extra).unwrap_or_else(|e| {
+                eprintln!("pulsar-perf {extra:?} failed: {e}");
+                (f64::NAN, format!("failed: {e}"))
+            })
+        };
+        Some((run(&["-db", "-o", &window]), run(&[])))
     } else {
         None
     };
 
-    println!("\n== results (medians of {} rounds)", cfg.rounds);
+    println!(
+        "\n== results ({} rounds; msg/s = all messages / all time; CPU = all CPU / all messages)",
+        cfg.rounds
+    );
     println!("| measure | bare `pulsar` crate | adapter | backstop | backstop / bare |");
     println!("|---|---|---|---|---|");
     if let Some(([b, a, s], [cb, ca, cs])) = produce {
