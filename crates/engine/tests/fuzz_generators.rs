@@ -9,7 +9,7 @@
 //!   closing, probes, retries, dead-lettering, late results, shutdown ...);
 //! - with `--features planted-bugs`: proof that the harness finds each planted bug.
 //!
-//! `BACKSTOP_FUZZ_CASES=<n>` changes the number of random cases per target (default 300);
+//! `BACKSTOP_FUZZ_CASES=<n>` changes the number of random cases per target (default 1000);
 //! `BACKSTOP_FUZZ_SEED=<seed>` replays one case. See docs/fuzzing.md.
 
 #[path = "../../../fuzz/src/lib.rs"]
@@ -41,7 +41,7 @@ fn cases() -> u64 {
     std::env::var("BACKSTOP_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300)
+        .unwrap_or(1000)
 }
 
 fn seeds() -> Vec<u64> {
