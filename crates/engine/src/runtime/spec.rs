@@ -20,6 +20,40 @@ fn check_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Rejects an invalid DLQ topic, or one equal to the topic it serves.
+fn check_dlq_topic(topic: &str, dlq: Option<&str>) -> Result<(), ConfigError> {
+    if let Some(d) = dlq {
+        check_topic("dlq_topic", d)?;
+        if d == topic {
+            return Err(ConfigError::new("dlq_topic", "must differ from topic"));
+        }
+    }
+    Ok(())
+}
+
+/// Applies a context's topic prefix to a topic and its DLQ topic.
+fn prefix_topics(prefix: &str, topic: &mut String, dlq: &mut Option<String>) {
+    *topic = format!("{prefix}{topic}");
+    if let Some(d) = dlq {
+        *d = format!("{prefix}{d}");
+    }
+}
+
+/// An explicit retry policy, or the fixed one made of `max_retries` and `retry_delay`.
+fn resolve_retry(
+    explicit: Option<RetryPolicy>,
+    max_retries: u32,
+    retry_delay: Duration,
+) -> Result<RetryPolicy, ConfigError> {
+    match explicit {
+        Some(p) => Ok(p),
+        None => RetryPolicy::builder()
+            .max_retries(max_retries)
+            .retry_delay(retry_delay)
+            .build(),
+    }
+}
+
 /// Settings of a producer task (`#[task(...)]`).
 ///
 /// ```
@@ -92,12 +126,7 @@ impl TaskSpec {
     /// Validates.
     pub fn build(self) -> Result<TaskSpec, ConfigError> {
         check_topic("topic", &self.topic)?;
-        if let Some(d) = &self.dlq_topic {
-            check_topic("dlq_topic", d)?;
-            if *d == self.topic {
-                return Err(ConfigError::new("dlq_topic", "must differ from topic"));
-            }
-        }
+        check_dlq_topic(&self.topic, self.dlq_topic.as_deref())?;
         if self.send_timeout.is_zero() {
             return Err(ConfigError::new(
                 "send_timeout",
@@ -112,8 +141,7 @@ impl TaskSpec {
         &self.topic
     }
     pub(crate) fn prefixed(mut self, prefix: &str) -> TaskSpec {
-        self.topic = format!("{prefix}{}", self.topic);
-        self.dlq_topic = self.dlq_topic.map(|d| format!("{prefix}{d}"));
+        prefix_topics(prefix, &mut self.topic, &mut self.dlq_topic);
         self
     }
     /// The DLQ topic.
@@ -125,13 +153,7 @@ impl TaskSpec {
         self.send_timeout
     }
     fn retry_policy_checked(&self) -> Result<RetryPolicy, ConfigError> {
-        match self.retry {
-            Some(p) => Ok(p),
-            None => RetryPolicy::builder()
-                .max_retries(self.max_retries)
-                .retry_delay(self.retry_delay)
-                .build(),
-        }
+        resolve_retry(self.retry, self.max_retries, self.retry_delay)
     }
     pub(crate) fn producer_config(
         &self,
@@ -245,12 +267,7 @@ impl ConsumerSpec {
         if self.subscription.trim().is_empty() {
             return Err(ConfigError::new("subscription", "must not be empty"));
         }
-        if let Some(d) = &self.dlq_topic {
-            check_topic("dlq_topic", d)?;
-            if *d == self.topic {
-                return Err(ConfigError::new("dlq_topic", "must differ from topic"));
-            }
-        }
+        check_dlq_topic(&self.topic, self.dlq_topic.as_deref())?;
         self.consumer_config(BreakerConfig::default())?;
         Ok(self)
     }
@@ -259,8 +276,7 @@ impl ConsumerSpec {
         &self.topic
     }
     pub(crate) fn prefixed(mut self, prefix: &str) -> ConsumerSpec {
-        self.topic = format!("{prefix}{}", self.topic);
-        self.dlq_topic = self.dlq_topic.map(|d| format!("{prefix}{d}"));
+        prefix_topics(prefix, &mut self.topic, &mut self.dlq_topic);
         self
     }
     /// The subscription.
@@ -275,13 +291,7 @@ impl ConsumerSpec {
         &self,
         default_breaker: BreakerConfig,
     ) -> Result<ConsumerConfig, ConfigError> {
-        let retry = match self.retry {
-            Some(p) => p,
-            None => RetryPolicy::builder()
-                .max_retries(self.max_retries)
-                .retry_delay(self.retry_delay)
-                .build()?,
-        };
+        let retry = resolve_retry(self.retry, self.max_retries, self.retry_delay)?;
         ConsumerConfig::builder()
             .max_parallelism(self.max_parallelism)
             .max_held(self.max_held)
