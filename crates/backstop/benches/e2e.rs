@@ -2,7 +2,8 @@
 //! tokio channel pipeline with the same parallelism, decoding and no-op handler, in one process.
 //!
 //! Run: `cargo bench -p backstop --bench e2e` (env `E2E_MESSAGES`, `E2E_ROUNDS`,
-//! `E2E_PARALLELISM` to change the load). Prints messages/s for both and the ratio.
+//! `E2E_PARALLELISM` to change the load). Prints messages/s for both and the ratio, and records
+//! them for `scripts/bench` when `BACKSTOP_BENCH_JSON` is set.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -193,4 +194,13 @@ fn main() {
     println!("  backstop on broker-mem:      {sm:>12.0} msg/s");
     println!("  ratio backstop / bare:       {:>12.2}", sm / bm);
     println!("  ratio backstop / broker-mem alone: {:>6.2}", sm / om);
+    // for scripts/bench (no-op unless BACKSTOP_BENCH_JSON is set)
+    let metric = format!("end to end, max_parallelism {par}");
+    for (who, v) in [
+        ("bare tokio pipeline", bm),
+        ("broker-mem alone", om),
+        ("backstop", sm),
+    ] {
+        backstop_bench_report::record("in-memory", &metric, who, "msg/s", v);
+    }
 }

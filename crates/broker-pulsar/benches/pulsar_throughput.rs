@@ -761,7 +761,7 @@ async fn run(cfg: Config) -> Res<()> {
             );
         }
     }
-    if let Some(((u, uline), (b, bline))) = perf {
+    if let Some(((u, uline), (b, bline))) = &perf {
         println!("\n| pulsar-perf produce | msg/s | backstop produce / pulsar-perf |");
         println!("|---|---|---|");
         let ours = produce.map(|([_, _, s], _)| s).unwrap_or(f64::NAN);
@@ -773,7 +773,59 @@ async fn run(cfg: Config) -> Res<()> {
         println!("| default (batching on) | {b:.0} | {:.2} |", ours / b);
         println!("\npulsar-perf -db: {uline}\npulsar-perf batching: {bline}");
     }
+    record_results(&cfg, produce, consume, latency.as_ref(), perf.as_ref());
     Ok(())
+}
+
+/// pulsar-perf without and with batching: msg/s and its summary line.
+type PerfRuns = ((f64, String), (f64, String));
+
+/// The figures for `scripts/bench` (no-op unless `BACKSTOP_BENCH_JSON` is set).
+fn record_results(
+    cfg: &Config,
+    produce: Option<([f64; 3], [f64; 3])>,
+    consume: Option<([f64; 3], [f64; 3])>,
+    latency: Option<&([Samples; 3], [Samples; 3])>,
+    perf: Option<&PerfRuns>,
+) {
+    use backstop_bench_report::record;
+    const WHO: [&str; 3] = ["bare pulsar crate", "adapter", "backstop"];
+    for (what, figures) in [("produce", produce), ("consume", consume)] {
+        let Some((rates, cpu)) = figures else {
+            continue;
+        };
+        for i in 0..3 {
+            record("pulsar", what, WHO[i], "msg/s", rates[i]);
+            record("pulsar", &format!("{what} CPU"), WHO[i], "µs/msg", cpu[i]);
+        }
+    }
+    if let Some((publish, e2e)) = latency {
+        for (what, samples) in [("publish", publish), ("end to end", e2e)] {
+            for (i, v) in samples.iter().enumerate() {
+                for (p, q) in [("p50", 0.5), ("p99", 0.99)] {
+                    record(
+                        "pulsar",
+                        &format!("{what} {p}"),
+                        WHO[i],
+                        "ms",
+                        ms(percentile(v, q)),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(((unbatched, _), (batched, _))) = perf {
+        let window = cfg.window;
+        let no_batch = format!("pulsar-perf -db -o {window}");
+        record("pulsar", "produce", &no_batch, "msg/s", *unbatched);
+        record(
+            "pulsar",
+            "produce",
+            "pulsar-perf (batching)",
+            "msg/s",
+            *batched,
+        );
+    }
 }
 
 async fn version(cfg: &Config) -> String {
