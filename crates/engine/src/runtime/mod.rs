@@ -35,7 +35,7 @@ pub use dlq::DeadLetterRecord;
 pub use error::{DeadLetter, FailureReason, HandlerError, TaskError, TaskFailure};
 pub use metrics::Metrics;
 pub use observer::Observer;
-pub use server::{MetricsServer, DEFAULT_METRICS_ADDR};
+pub use server::{Health, MetricsServer, DEFAULT_METRICS_ADDR};
 pub use spec::{ConsumerSpec, TaskSpec};
 pub use task::{Published, Task};
 pub use task_cache::TaskCache;
