@@ -332,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn a_check_that_hangs_fails_after_the_timeout() {
         let h = Health::new()
-            .check("hang", || std::future::pending())
+            .check("hang", std::future::pending)
             .check_timeout(Duration::from_millis(50));
         let e = h.ready(&Metrics::new()).await.unwrap_err();
         assert!(e.contains("hang: no answer within"), "{e}");
