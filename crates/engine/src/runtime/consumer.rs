@@ -191,6 +191,7 @@ impl Backstop {
         let spec_sub = spec.subscription.clone();
         let breaker_name = format!("consumer:{name}");
         let meters = Meters::new(self.metrics(), &spec_topic, &spec_sub, &breaker_name);
+        super::control::register_consumer(self.metrics(), &spec_topic, &spec_sub, &spec);
         let driver = Driver {
             bs: self.clone(),
             name: name.clone(),

@@ -11,7 +11,8 @@
 //! | `consumer` | runs one subscription through a [`ConsumerMachine`](crate::core::ConsumerMachine) |
 //! | `observer` | a hook that sees every core action and event (simulations, tests) |
 //! | `metrics` | the Prometheus families |
-//! | `server` | the `/metrics` HTTP endpoint |
+//! | `server` | the `/metrics`, `/healthz` and `/readyz` HTTP endpoint |
+//! | `control` | operator series of a consumer (parallelism limit, parked) |
 //! | `dlq` | the dead-letter record |
 //! | `error` | handler errors and task failures |
 //! | `clock` | tokio time as core time |
@@ -19,6 +20,7 @@
 mod backstop;
 mod clock;
 mod consumer;
+mod control;
 mod dlq;
 mod error;
 mod metrics;
