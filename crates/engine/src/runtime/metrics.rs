@@ -17,6 +17,7 @@
 //! | `pulsar_task_calls_rejected_total` | counter | topic (breaker open) |
 //! | `pulsar_handlers_max_parallelism` | gauge | topic, subscription |
 //! | `pulsar_messages_parked_total` | counter | topic, subscription |
+//! | `backstop_control_actions_total` | counter | target, action (pause, resume, force_open, force_closed, release) |
 //!
 //! Label values are topic, subscription, breaker names and error kinds: bounded, never ids.
 
@@ -45,6 +46,7 @@ pub struct Metrics {
     pub(crate) rejected: IntCounterVec,
     pub(crate) max_parallelism: IntGaugeVec,
     pub(crate) parked: IntCounterVec,
+    pub(crate) control: IntCounterVec,
 }
 
 impl Metrics {
@@ -178,6 +180,12 @@ impl Metrics {
                 "pulsar_messages_parked_total",
                 "Deliveries parked: budget exhausted and no DLQ",
                 &["topic", "subscription"],
+            )?,
+            control: counter(
+                r,
+                "backstop_control_actions_total",
+                "Operator control actions",
+                &["target", "action"],
             )?,
             registry,
         })

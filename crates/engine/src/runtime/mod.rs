@@ -12,7 +12,7 @@
 //! | `observer` | a hook that sees every core action and event (simulations, tests) |
 //! | `metrics` | the Prometheus families |
 //! | `server` | the `/metrics`, `/healthz` and `/readyz` HTTP endpoint |
-//! | `control` | operator series of a consumer (parallelism limit, parked) |
+//! | `control` | operator control of a consumer (pause, force the breaker) and its operator series |
 //! | `dlq` | the dead-letter record |
 //! | `error` | handler errors and task failures |
 //! | `clock` | tokio time as core time |
@@ -33,6 +33,7 @@ mod task_cache;
 pub use backstop::{global, set_global, try_global, Backstop, BackstopBuilder};
 pub use clock::Clock;
 pub use consumer::{ConsumerHandle, ConsumerReport, StartError};
+pub use control::{ConsumerControl, ConsumerStopped};
 pub use dlq::DeadLetterRecord;
 pub use error::{DeadLetter, FailureReason, HandlerError, TaskError, TaskFailure};
 pub use metrics::Metrics;
