@@ -56,6 +56,11 @@ pub async fn peek(
             Err(_) => {}
         }
     }
+    if out.len() < n {
+        if let Some(w) = scan.incomplete() {
+            eprintln!("backstop: warning: {w}");
+        }
+    }
     scan.close().await?;
     Ok(out)
 }
@@ -133,6 +138,9 @@ pub struct Stats {
     pub by_format: BTreeMap<String, u64>,
     /// Matching records by age of their last failure.
     pub by_age: BTreeMap<String, u64>,
+    /// Set when the scan may not have covered the whole backlog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The age bucket of a last failure at `last_ms`, seen at `now_ms`.
@@ -178,6 +186,7 @@ pub async fn stats(mut scan: Scan, filter: &Filter) -> Result<Stats, CliError> {
             .entry(age_bucket(r.last_failure_ms, now).to_string())
             .or_default() += 1;
     }
+    s.warning = scan.incomplete();
     scan.close().await?;
     Ok(s)
 }
@@ -188,6 +197,9 @@ pub fn render_stats(topic: &str, s: &Stats) -> String {
         "{topic}: {} message(s), {} matching, {} unrecognized\n",
         s.total, s.matching, s.unrecognized
     );
+    if let Some(w) = &s.warning {
+        out += &format!("WARNING: {w}\n");
+    }
     for (title, map) in [
         ("reason", &s.by_reason),
         ("error kind", &s.by_kind),

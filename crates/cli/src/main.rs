@@ -298,6 +298,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 for p in &s.problems {
                     eprintln!("  {p}");
                 }
+                if let Some(w) = &s.warning {
+                    eprintln!("backstop: warning: {w}");
+                }
             }
             let left = s.failed + s.unrecognized;
             if left > 0 {

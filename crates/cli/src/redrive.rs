@@ -77,6 +77,9 @@ pub struct Summary {
     pub by_destination: BTreeMap<String, u64>,
     /// The first few reasons records were left (unrecognized or failed).
     pub problems: Vec<String>,
+    /// Set when the run may have stopped before the end of the backlog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl Summary {
@@ -244,6 +247,9 @@ pub async fn redrive(
         settle(&mut s, r, &bar);
     }
     bar.finish_and_clear();
+    if !stop && s.failed == 0 && o.max.is_none_or(|m| started < m) {
+        s.warning = scan.incomplete();
+    }
     scan.close().await?;
     Ok(s)
 }

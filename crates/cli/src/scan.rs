@@ -26,6 +26,9 @@ pub struct Scan {
     end: Option<Position>,
     idle: Duration,
     done: bool,
+    reached_end: bool,
+    backlog: Option<u64>,
+    read: u64,
 }
 
 impl Scan {
@@ -38,6 +41,7 @@ impl Scan {
         idle: Duration,
     ) -> Result<Scan, CliError> {
         let end = admin.last_position(topic).await?;
+        let backlog = admin.backlog(topic, name).await?;
         let spec =
             SubscriptionSpec::new(topic.full.clone(), name).with_type(SubscriptionType::Exclusive);
         let started = Instant::now();
@@ -64,6 +68,9 @@ impl Scan {
             end,
             idle,
             done: false,
+            reached_end: false,
+            backlog,
+            read: 0,
         })
     }
 
@@ -79,6 +86,7 @@ impl Scan {
             }
             Ok(r) => r?,
         };
+        self.read += 1;
         if let (Some(end), Ok(id)) = (self.end, PulsarMessageId::from_message_id(&m.id)) {
             let at = Position {
                 ledger: id.ledger_id,
@@ -87,14 +95,34 @@ impl Scan {
             if at > end {
                 // written after the scan began: left for the next run
                 self.done = true;
+                self.reached_end = true;
                 return Ok(None);
             }
             let last_of_entry = !id.is_batched() || id.batch_index + 1 >= id.batch_size;
             if at == end && last_of_entry {
                 self.done = true;
+                self.reached_end = true;
             }
         }
         Ok(Some(m))
+    }
+
+    /// A warning when the scan ended by the idle timeout although the admin API named a last
+    /// message it did not reach: the broker stopped delivering (most likely its
+    /// `maxUnackedMessagesPerConsumer` limit, 50,000 by default, with that many records left
+    /// unacked in this run), so counts cover only part of the backlog.
+    pub fn incomplete(&self) -> Option<String> {
+        let short = self.backlog.is_some_and(|b| self.read < b);
+        (self.end.is_some() && !self.reached_end && short).then(|| {
+            format!(
+                "the scan read {} of {} backlog messages and then got nothing for {:?}; \
+                 the counts may cover only part of the backlog (broker limit on unacked messages per consumer?). \
+                 Rerun, or redrive part of the DLQ first.",
+                self.read,
+                self.backlog.unwrap_or(0),
+                self.idle
+            )
+        })
     }
 
     /// Closes the subscription: acks given are flushed, unacked messages return to it.

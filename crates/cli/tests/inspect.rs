@@ -97,6 +97,7 @@ async fn stats_peek_and_filters_select_exactly_the_matching_records() {
     assert_eq!(s["total"], N as u64 + 3);
     assert_eq!(s["matching"], N as u64 + 2);
     assert_eq!(s["unrecognized"], 1);
+    assert!(s.get("warning").is_none(), "complete scan: {s}");
     for r in REASONS {
         let n = (0..N).filter(|i| written(*i).reason == r).count() as u64;
         let java = if r == "exhausted" { 2 } else { 0 };

@@ -74,8 +74,9 @@ async fn killed_redrive_resumes_with_nothing_lost() {
     );
 
     // Second run: to the end.
+    let t = Instant::now();
     let summary = run_json(&["dlq", "redrive", &dlq], 0).await;
-    say(&format!("second run: {summary}"));
+    say(&format!("second run ({:?}): {summary}", t.elapsed()));
     let second = summary["redriven"].as_u64().unwrap();
     assert_eq!(
         second, left,
