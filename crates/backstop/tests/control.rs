@@ -93,3 +93,38 @@ async fn pause_resume_and_forced_breaker_hold_and_release_the_consumer() {
     assert_eq!(report.acked, 10);
     assert!(control.pause().is_err(), "a stopped consumer says so");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_open_task_breaker_fails_calls_fast_until_released() {
+    use backstop::core::ForcedState;
+    use backstop::{Task, TaskError, TaskSpec};
+    let (bs, _mem) = common::context();
+    let task = Task::new(&bs, TaskSpec::new("out").build().unwrap()).unwrap();
+    task.force_breaker(Some(ForcedState::Open));
+    let r = task
+        .call(1u32, |n: &u32| {
+            let n = *n;
+            async move { Ok::<_, TaskError>(n) }
+        })
+        .await;
+    let failure = r.expect_err("refused while forced open");
+    assert_eq!(failure.args, 1, "the arguments come back");
+    assert_eq!(task.breaker().0, backstop::BreakerState::Open);
+    task.force_breaker(None);
+    assert_eq!(task.breaker().0, backstop::BreakerState::Closed);
+    task.call(2u32, |n: &u32| {
+        let n = *n;
+        async move { Ok::<_, TaskError>(n) }
+    })
+    .await
+    .expect("published after release");
+    let metrics = bs.metrics().render();
+    for action in ["force_open", "release"] {
+        assert!(
+            metrics.contains(&format!(
+                "backstop_control_actions_total{{action=\"{action}\",target=\"task:out\"}} 1"
+            )),
+            "{action}: {metrics}"
+        );
+    }
+}

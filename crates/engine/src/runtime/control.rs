@@ -1,4 +1,5 @@
-//! Operator control of running consumers — pause/resume, force the breaker open or closed — and
+//! Operator control of running consumers — pause/resume, force the breaker open or closed (for
+//! tasks: [`Task::force_breaker`](super::Task::force_breaker)) — and
 //! the operator-facing series dashboards read (parallelism limit, parked counter).
 //!
 //! Every control action is logged (`warn` for pause and forcing, `info` for resume and release)
@@ -99,15 +100,18 @@ pub(crate) fn apply(machine: &mut ConsumerMachine, now: Time, c: Command, m: &Me
         Command::Pause(p) => machine.handle_operator_pause(now, p),
         Command::ForceBreaker(f) => machine.handle_force_breaker(now, f),
     }
+    record(m, &format!("consumer:{name}"), c);
+}
+
+/// Logs and counts a control action on `target` (`consumer:<topic>/<sub>` or `task:<topic>`).
+pub(crate) fn record(m: &Metrics, target: &str, c: Command) {
     let action = c.action();
-    m.control
-        .with_label_values(&[&format!("consumer:{name}"), action])
-        .inc();
+    m.control.with_label_values(&[target, action]).inc();
     match c {
         Command::Pause(false) | Command::ForceBreaker(None) => {
-            tracing::info!(consumer = %name, action, "operator control")
+            tracing::info!(target_name = %target, action, "operator control")
         }
-        _ => tracing::warn!(consumer = %name, action, "operator control"),
+        _ => tracing::warn!(target_name = %target, action, "operator control"),
     }
 }
 
