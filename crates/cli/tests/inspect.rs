@@ -241,10 +241,33 @@ async fn stats_peek_and_filters_select_exactly_the_matching_records() {
     assert_eq!(backlog(&dlq).await, (N + 3 - k3.len()) as u64);
     let s = run_json(&["dlq", "stats", &dlq], 0).await;
     assert_eq!(s["total"], (N + 3 - k3.len()) as u64);
+    assert!(
+        s.get("warning").is_none(),
+        "complete scan after a redrive: {s}"
+    );
     assert_eq!(
         run_json(&["dlq", "peek", &dlq, "-n", "1000", "--key", "k3"], 0).await,
         serde_json::json!([])
     );
+
+    // --max: at most that many; the rest of the selection stays; human summary line
+    let k4 = expected(|w| w.key == "k4");
+    let target2 = unique("redrive-max");
+    subscribe(&broker, &target2, "check").await;
+    let out = run(&[
+        "dlq", "redrive", &dlq, "--key", "k4", "--to", &target2, "--max", "3", "--rate", "50",
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("redriven 3, parked 0"), "{text}");
+    assert_eq!(
+        drain(&broker, &target2, "check", Duration::from_secs(2))
+            .await
+            .len(),
+        3
+    );
+    let left = run_json(&["dlq", "stats", &dlq, "--key", "k4"], 0).await;
+    assert_eq!(left["matching"], (k4.len() - 3) as u64);
 
     // the Java-style records go to their REAL_TOPIC origin
     subscribe(&broker, &origin, "check").await;
