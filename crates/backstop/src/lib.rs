@@ -49,6 +49,7 @@ pub use backstop_engine::runtime::{
     MetricsServer, Published, StartError, Task, TaskCache, TaskError, TaskFailure, TaskSpec,
     DEFAULT_METRICS_ADDR,
 };
+pub use backstop_engine::runtime::{ConsumerControl, ConsumerStopped, Health};
 pub use backstop_engine::{broker, core};
 pub use backstop_macros::{consumer, task};
 

@@ -98,6 +98,7 @@
 mod client;
 mod dlq;
 mod error;
+mod health;
 mod id;
 mod nodelay;
 mod options;
@@ -111,6 +112,7 @@ pub use dlq::{
     PROPERTY_ORIGIN_MESSAGE_ID, PROPERTY_REAL_TOPIC, PROPERTY_RECONSUME_TIMES,
 };
 pub use error::{broker_error, connection_kind, error_kind, server_kind, ConnectError};
+pub use health::probe;
 pub use id::{EntryKey, InvalidMessageId, PulsarMessageId};
 pub use options::{validate_url, ConfigError, InitialPosition, PulsarOptions};
 pub use producer::PulsarProducer;

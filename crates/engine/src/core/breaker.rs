@@ -36,6 +36,16 @@ impl BreakerState {
     }
 }
 
+/// An operator's override of a breaker ([`CircuitBreaker::force`]), as resilience4j's forced-open
+/// and disabled states.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ForcedState {
+    /// Open until released: every call refused, no recovery timeout, no probe.
+    Open,
+    /// Closed until released: every call admitted, failures not counted.
+    Closed,
+}
+
 /// Breaker settings; build with [`BreakerConfig::builder`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct BreakerConfig {
@@ -264,6 +274,7 @@ pub struct CircuitBreaker {
     generation: u32,
     probes_in_flight: u32,
     transitions: VecDeque<Transition>,
+    forced: Option<ForcedState>,
 }
 
 impl CircuitBreaker {
@@ -277,6 +288,7 @@ impl CircuitBreaker {
             generation: 0,
             probes_in_flight: 0,
             transitions: VecDeque::with_capacity(4),
+            forced: None,
         }
     }
 
@@ -314,12 +326,41 @@ impl CircuitBreaker {
     /// When the breaker next needs [`handle_timeout`](Self::handle_timeout): the end of the open
     /// period, or `None`.
     pub fn poll_timeout(&self) -> Option<Time> {
-        (self.state == BreakerState::Open).then_some(self.open_until)
+        (self.state == BreakerState::Open && self.forced.is_none()).then_some(self.open_until)
+    }
+
+    /// Forces the breaker open or closed until released with `None` (an operator input; see
+    /// [`ForcedState`]). Forcing moves to the state at once (a transition when it changes);
+    /// releasing leaves it closed with no failures counted, as after a successful probe.
+    ///
+    /// ```
+    /// use backstop_engine::core::{BreakerConfig, BreakerState, CircuitBreaker, ForcedState, Time};
+    /// let mut cb = CircuitBreaker::new(BreakerConfig::default());
+    /// cb.force(Time::ZERO, Some(ForcedState::Open));
+    /// assert!(cb.try_acquire(Time::from_secs(3600)).is_err()); // no recovery while forced
+    /// cb.force(Time::from_secs(3600), None);
+    /// assert_eq!(cb.state(), BreakerState::Closed);
+    /// ```
+    pub fn force(&mut self, now: Time, forced: Option<ForcedState>) {
+        self.forced = forced;
+        let to = match forced {
+            Some(ForcedState::Open) => BreakerState::Open,
+            Some(ForcedState::Closed) | None => BreakerState::Closed,
+        };
+        self.failures = 0;
+        if self.state != to {
+            self.transition(now, to);
+        }
+    }
+
+    /// The operator's override in force, if any.
+    pub fn forced(&self) -> Option<ForcedState> {
+        self.forced
     }
 
     /// Moves open → half-open once the recovery timeout has passed.
     pub fn handle_timeout(&mut self, now: Time) {
-        if self.state == BreakerState::Open && now >= self.open_until {
+        if self.state == BreakerState::Open && self.forced.is_none() && now >= self.open_until {
             self.transition(now, BreakerState::HalfOpen);
         }
     }
@@ -328,7 +369,9 @@ impl CircuitBreaker {
     pub fn would_admit(&self, now: Time) -> bool {
         match self.state {
             BreakerState::Closed => true,
-            BreakerState::Open => now >= self.open_until && self.cfg.half_open_probes > 0,
+            BreakerState::Open => {
+                self.forced.is_none() && now >= self.open_until && self.cfg.half_open_probes > 0
+            }
             BreakerState::HalfOpen => self.probes_in_flight < self.cfg.half_open_probes,
         }
     }
@@ -388,7 +431,7 @@ impl CircuitBreaker {
         if !self.current(permit) {
             return;
         }
-        if !self.cfg.counted.contains(kind) {
+        if !self.cfg.counted.contains(kind) || self.forced == Some(ForcedState::Closed) {
             if self.state == BreakerState::HalfOpen && permit.probe {
                 self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
             }
@@ -448,6 +491,39 @@ impl CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forced_states_hold_until_released() {
+        let mut cb = CircuitBreaker::new(BreakerConfig::default());
+        cb.force(secs(0), Some(ForcedState::Open));
+        assert_eq!(cb.state(), BreakerState::Open);
+        assert_eq!(cb.poll_timeout(), None);
+        assert!(!cb.would_admit(secs(1000)));
+        assert!(cb.try_acquire(secs(1000)).is_err());
+        assert_eq!(cb.state(), BreakerState::Open, "no half-open while forced");
+        let t = cb.poll_transition().unwrap();
+        assert_eq!((t.from, t.to), (BreakerState::Closed, BreakerState::Open));
+
+        cb.force(secs(1000), Some(ForcedState::Closed));
+        assert_eq!(cb.state(), BreakerState::Closed);
+        for _ in 0..20 {
+            fail(&mut cb, secs(1000), ErrorKind::Timeout);
+        }
+        assert_eq!(cb.state(), BreakerState::Closed, "failures not counted");
+        assert_eq!(cb.failures(), 0);
+
+        cb.force(secs(1001), None);
+        assert_eq!(cb.forced(), None);
+        for _ in 0..5 {
+            fail(&mut cb, secs(1001), ErrorKind::Timeout);
+        }
+        assert_eq!(
+            cb.state(),
+            BreakerState::Open,
+            "counting again after release"
+        );
+        assert_eq!(cb.poll_timeout(), Some(secs(1031)));
+    }
 
     fn secs(s: u64) -> Time {
         Time::from_secs(s)

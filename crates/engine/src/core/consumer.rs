@@ -379,6 +379,7 @@ pub struct ConsumerMachine {
     in_flight: u32,
     outstanding_credit: u32,
     paused: bool,
+    held_by_operator: bool,
     shutdown_deadline: Option<Time>,
     drained_reported: bool,
 }
@@ -398,6 +399,7 @@ impl ConsumerMachine {
             in_flight: 0,
             outstanding_credit: 0,
             paused: false,
+            held_by_operator: false,
             shutdown_deadline: None,
             drained_reported: false,
         };
@@ -590,6 +592,26 @@ impl ConsumerMachine {
         true
     }
 
+    /// An operator pauses (`true`) or resumes (`false`) the consumer: while paused no handler
+    /// starts and no credit is granted; runs in flight finish and their results count. Independent
+    /// of the breaker (a paused consumer's breaker can still move).
+    pub fn handle_operator_pause(&mut self, now: Time, paused: bool) {
+        self.held_by_operator = paused;
+        self.pump(now);
+    }
+
+    /// Whether an operator paused the consumer.
+    pub fn is_operator_paused(&self) -> bool {
+        self.held_by_operator
+    }
+
+    /// An operator forces the breaker open or closed, or releases it (`None`); see
+    /// [`CircuitBreaker::force`]. Forced open pauses the consumer as an opened breaker does.
+    pub fn handle_force_breaker(&mut self, now: Time, forced: Option<super::breaker::ForcedState>) {
+        self.breaker.force(now, forced);
+        self.pump(now);
+    }
+
     /// Begins graceful shutdown: no more credit; everything not in flight is nacked now;
     /// in-flight runs and pending DLQ publishes may finish until `deadline`, when the rest is
     /// nacked. Calling it again only moves the deadline earlier.
@@ -778,7 +800,7 @@ impl ConsumerMachine {
         } else {
             limit
         };
-        while self.in_flight < limit && self.shutdown_deadline.is_none() {
+        while self.in_flight < limit && self.shutdown_deadline.is_none() && !self.held_by_operator {
             let Some(&key) = self.ready.front() else {
                 break;
             };
@@ -813,7 +835,7 @@ impl ConsumerMachine {
     /// for the probe when nothing is ready, no probe is running and no credit is outstanding;
     /// none while open or shutting down.
     fn grant_credit(&mut self) {
-        if self.shutdown_deadline.is_some() {
+        if self.shutdown_deadline.is_some() || self.held_by_operator {
             return;
         }
         let held = self.entries.len() as u32 + self.outstanding_credit;
@@ -844,6 +866,85 @@ pub(crate) fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, None) => a,
         (None, b) => b,
+    }
+}
+
+#[cfg(test)]
+mod operator_tests {
+    use super::*;
+    use crate::core::ForcedState;
+
+    fn drain(m: &mut ConsumerMachine) -> Vec<ConsumerAction> {
+        std::iter::from_fn(|| m.poll_action()).collect()
+    }
+
+    fn invokes(actions: &[ConsumerAction]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, ConsumerAction::Invoke { .. }))
+            .count()
+    }
+
+    fn credit(actions: &[ConsumerAction]) -> u32 {
+        actions
+            .iter()
+            .map(|a| match a {
+                ConsumerAction::Request { count } => *count,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn an_operator_pause_stops_invocations_and_credit_until_resumed() {
+        let cfg = ConsumerConfig::builder()
+            .max_parallelism(2)
+            .build()
+            .unwrap();
+        let mut m = ConsumerMachine::new(cfg);
+        let t = Time::ZERO;
+        drain(&mut m);
+        m.handle_operator_pause(t, true);
+        assert!(m.is_operator_paused());
+        let a = m.handle_delivered(t, true);
+        let _b = m.handle_delivered(t, true);
+        let acts = drain(&mut m);
+        assert_eq!(invokes(&acts), 0, "{acts:?}");
+        assert_eq!(credit(&acts), 0);
+        m.handle_operator_pause(t, false);
+        let acts = drain(&mut m);
+        assert_eq!(invokes(&acts), 2, "{acts:?}");
+        // a run in flight when paused still finishes and counts; no credit while paused
+        m.handle_operator_pause(t, true);
+        assert!(m.handle_finished(t, a, Ok(())));
+        let acts = drain(&mut m);
+        assert!(acts.iter().any(|x| matches!(x, ConsumerAction::Ack { .. })));
+        assert_eq!(credit(&acts), 0, "{acts:?}");
+        m.handle_operator_pause(t, false);
+        assert_eq!(
+            credit(&drain(&mut m)),
+            1,
+            "the acked message's room is granted on resume"
+        );
+    }
+
+    #[test]
+    fn forcing_the_breaker_open_pauses_and_releasing_resumes() {
+        let cfg = ConsumerConfig::builder().build().unwrap();
+        let mut m = ConsumerMachine::new(cfg);
+        let t = Time::ZERO;
+        drain(&mut m);
+        m.handle_force_breaker(t, Some(ForcedState::Open));
+        let acts = drain(&mut m);
+        assert!(acts.contains(&ConsumerAction::Pause), "{acts:?}");
+        m.handle_delivered(t, true);
+        m.handle_timeout(Time::from_secs(3600));
+        assert_eq!(invokes(&drain(&mut m)), 0, "no probe while forced open");
+        m.handle_force_breaker(Time::from_secs(3600), None);
+        let acts = drain(&mut m);
+        assert!(acts.contains(&ConsumerAction::Resume), "{acts:?}");
+        assert_eq!(invokes(&acts), 1);
+        assert_eq!(m.breaker_state(), BreakerState::Closed);
     }
 }
 

@@ -30,7 +30,8 @@ mod time;
 mod timers;
 
 pub use breaker::{
-    BreakerConfig, BreakerConfigBuilder, BreakerState, CircuitBreaker, Permit, Refusal, Transition,
+    BreakerConfig, BreakerConfigBuilder, BreakerState, CircuitBreaker, ForcedState, Permit,
+    Refusal, Transition,
 };
 pub use config_error::{parse_duration, ConfigError};
 pub use consumer::{

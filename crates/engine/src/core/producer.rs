@@ -468,6 +468,13 @@ impl ProducerMachine {
         self.settle(now);
     }
 
+    /// An operator forces the breaker open or closed, or releases it (`None`); see
+    /// [`CircuitBreaker::force`]. Forced open: every attempt is refused (calls fail fast).
+    pub fn handle_force_breaker(&mut self, now: Time, forced: Option<super::breaker::ForcedState>) {
+        self.breaker.force(now, forced);
+        self.settle(now);
+    }
+
     /// The earliest time [`handle_timeout`](Self::handle_timeout) is due.
     pub fn poll_timeout(&mut self) -> Option<Time> {
         while let Some((at, call)) = self.timers.peek() {

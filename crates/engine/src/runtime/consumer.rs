@@ -64,12 +64,18 @@ pub struct ConsumerHandle {
     shutdown: watch::Sender<Option<Duration>>,
     join: JoinHandle<ConsumerReport>,
     name: String,
+    control: super::control::ConsumerControl,
 }
 
 impl ConsumerHandle {
     /// `topic/subscription`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Pause/resume and breaker forcing for this consumer.
+    pub fn control(&self) -> super::control::ConsumerControl {
+        self.control.clone()
     }
 
     /// Stops receiving, lets in-flight handlers finish for up to the spec's shutdown grace, nacks
@@ -191,6 +197,7 @@ impl Backstop {
         let spec_sub = spec.subscription.clone();
         let breaker_name = format!("consumer:{name}");
         let meters = Meters::new(self.metrics(), &spec_topic, &spec_sub, &breaker_name);
+        super::control::register_consumer(self.metrics(), &spec_topic, &spec_sub, &spec);
         let driver = Driver {
             bs: self.clone(),
             name: name.clone(),
@@ -207,11 +214,13 @@ impl Backstop {
             topic: Arc::from(spec_topic.as_str()),
         };
         self.metrics().register_breaker(&driver.breaker_name);
-        let join = tokio::spawn(driver.run(shutdown_rx));
+        let (control, control_rx) = super::control::ConsumerControl::new(name.clone());
+        let join = tokio::spawn(driver.run(shutdown_rx, control_rx));
         Ok(ConsumerHandle {
             shutdown,
             join,
             name,
+            control,
         })
     }
 }
@@ -236,7 +245,11 @@ struct Driver<M> {
 }
 
 impl<M: DeserializeOwned + Send + 'static> Driver<M> {
-    async fn run(mut self, mut shutdown_rx: watch::Receiver<Option<Duration>>) -> ConsumerReport {
+    async fn run(
+        mut self,
+        mut shutdown_rx: watch::Receiver<Option<Duration>>,
+        mut control_rx: mpsc::UnboundedReceiver<super::control::Command>,
+    ) -> ConsumerReport {
         let credit = Arc::new(Semaphore::new(0));
         let (deliver_tx, mut deliver_rx) =
             mpsc::channel::<ReceivedMessage>(self.machine.config().max_held() as usize + 1);
@@ -298,6 +311,9 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                             self.machine.handle_dlq_result(now, key, r.map_err(|e| e.kind()));
                         }
                     }
+                }
+                Some(c) = control_rx.recv() => {
+                    super::control::apply(&mut self.machine, self.bs.clock().now(), c, self.bs.metrics(), &self.name);
                 }
                 Some(msg) = deliver_rx.recv() => {
                     let now = self.bs.clock().now();

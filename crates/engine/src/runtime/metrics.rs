@@ -15,6 +15,9 @@
 //! | `pulsar_messages_dead_lettered_total` | counter | topic |
 //! | `pulsar_handlers_in_flight` | gauge | topic, subscription |
 //! | `pulsar_task_calls_rejected_total` | counter | topic (breaker open) |
+//! | `pulsar_handlers_max_parallelism` | gauge | topic, subscription |
+//! | `pulsar_messages_parked_total` | counter | topic, subscription |
+//! | `backstop_control_actions_total` | counter | target, action (pause, resume, force_open, force_closed, release) |
 //!
 //! Label values are topic, subscription, breaker names and error kinds: bounded, never ids.
 
@@ -41,6 +44,9 @@ pub struct Metrics {
     pub(crate) dead_lettered: IntCounterVec,
     pub(crate) in_flight: IntGaugeVec,
     pub(crate) rejected: IntCounterVec,
+    pub(crate) max_parallelism: IntGaugeVec,
+    pub(crate) parked: IntCounterVec,
+    pub(crate) control: IntCounterVec,
 }
 
 impl Metrics {
@@ -162,6 +168,24 @@ impl Metrics {
                 "pulsar_task_calls_rejected_total",
                 "Task calls refused by an open breaker",
                 &["topic"],
+            )?,
+            max_parallelism: gauge(
+                r,
+                "pulsar_handlers_max_parallelism",
+                "Handler runs allowed at once",
+                &["topic", "subscription"],
+            )?,
+            parked: counter(
+                r,
+                "pulsar_messages_parked_total",
+                "Deliveries parked: budget exhausted and no DLQ",
+                &["topic", "subscription"],
+            )?,
+            control: counter(
+                r,
+                "backstop_control_actions_total",
+                "Operator control actions",
+                &["target", "action"],
             )?,
             registry,
         })

@@ -11,7 +11,8 @@
 //! | `consumer` | runs one subscription through a [`ConsumerMachine`](crate::core::ConsumerMachine) |
 //! | `observer` | a hook that sees every core action and event (simulations, tests) |
 //! | `metrics` | the Prometheus families |
-//! | `server` | the `/metrics` HTTP endpoint |
+//! | `server` | the `/metrics`, `/healthz` and `/readyz` HTTP endpoint |
+//! | `control` | operator control of a consumer (pause, force the breaker) and its operator series |
 //! | `dlq` | the dead-letter record |
 //! | `error` | handler errors and task failures |
 //! | `clock` | tokio time as core time |
@@ -19,6 +20,7 @@
 mod backstop;
 mod clock;
 mod consumer;
+mod control;
 mod dlq;
 mod error;
 mod metrics;
@@ -31,11 +33,12 @@ mod task_cache;
 pub use backstop::{global, set_global, try_global, Backstop, BackstopBuilder};
 pub use clock::Clock;
 pub use consumer::{ConsumerHandle, ConsumerReport, StartError};
+pub use control::{ConsumerControl, ConsumerStopped};
 pub use dlq::DeadLetterRecord;
 pub use error::{DeadLetter, FailureReason, HandlerError, TaskError, TaskFailure};
 pub use metrics::Metrics;
 pub use observer::Observer;
-pub use server::{MetricsServer, DEFAULT_METRICS_ADDR};
+pub use server::{Health, MetricsServer, DEFAULT_METRICS_ADDR};
 pub use spec::{ConsumerSpec, TaskSpec};
 pub use task::{Published, Task};
 pub use task_cache::TaskCache;

@@ -111,6 +111,19 @@ impl Task {
         self.lock().machine.calls_in_progress()
     }
 
+    /// Forces this task's breaker open (calls fail fast, no probe) or closed (failures not
+    /// counted), or releases it (`None`); logged and counted in `backstop_control_actions_total`.
+    pub fn force_breaker(&self, forced: Option<crate::core::ForcedState>) {
+        let now = self.now();
+        self.lock().machine.handle_force_breaker(now, forced);
+        super::control::record(
+            self.bs.metrics(),
+            &self.breaker_name,
+            super::control::Command::ForceBreaker(forced),
+        );
+        self.route();
+    }
+
     /// The breaker's current state and failure count.
     pub fn breaker(&self) -> (crate::core::BreakerState, u32) {
         let s = self.lock();
