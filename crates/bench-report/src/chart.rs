@@ -26,7 +26,7 @@ fn compact(v: f64) -> String {
         format!("{:.1}M", v / 1e6)
     } else if a >= 1e4 {
         format!("{:.0}k", v / 1e3)
-    } else if a >= 10.0 {
+    } else if a >= 10.0 || a == 0.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")

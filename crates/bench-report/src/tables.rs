@@ -16,7 +16,9 @@ const SUBJECT: &str = "backstop";
 
 fn number(v: f64) -> String {
     let a = v.abs();
-    if a >= 100.0 {
+    if a >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else if a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")
