@@ -214,7 +214,7 @@ impl ConsumerFeed {
 
 /// Light checks of one task (producer) through the observer: no attempt beyond
 /// `max_retries + 1`, exactly one `Complete` per call, breaker transitions along legal edges
-/// from the state last reported. (The full [`ProducerOracle`](backstop_testkit::oracle::ProducerOracle)
+/// from the state last reported. (The full [`ProducerOracle`](crate::oracle::ProducerOracle)
 /// needs inputs the observer does not show — a body's success has no event — so the pure-core
 /// tier runs it instead.)
 #[derive(Debug)]
