@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_engine::runtime::{ConsumerSpec, HandlerError};
+use backstop_mem::MemBroker;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -93,6 +94,7 @@ pub struct Simulation {
     at_end: Vec<Invariant>,
     replay: Option<String>,
     setup_error: Option<String>,
+    broker: MemBroker,
 }
 
 impl std::fmt::Debug for Simulation {
@@ -123,12 +125,20 @@ impl Simulation {
             at_end: Vec::new(),
             replay: None,
             setup_error: None,
+            broker: MemBroker::new(),
         }
     }
 
     /// The seed.
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// The simulated broker, for end checks that read what ended up on a topic (a DLQ's
+    /// [`DeadLetterRecord`](backstop_engine::runtime::DeadLetterRecord)s, say) through
+    /// [`MemBroker::topic_payloads`]. Clone it into the check.
+    pub fn broker(&self) -> &MemBroker {
+        &self.broker
     }
 
     /// Runs a consumer: `spec` and `handler` exactly as given to

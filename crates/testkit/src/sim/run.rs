@@ -263,6 +263,49 @@ impl Driver<'_> {
     }
 }
 
+thread_local! {
+    static IN_SIM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While a simulation steps on this thread, a panic (a handler's, which backstop turns into a
+/// failed attempt the trace shows) prints one line instead of a backtrace; other threads'
+/// panics are reported as before.
+fn quiet_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_SIM.with(|c| c.get()) {
+                let text = info
+                    .payload()
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                eprintln!("[backstop-testkit] panic in simulated code: {text}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+struct InSim;
+
+impl InSim {
+    fn enter() -> InSim {
+        quiet_panics();
+        IN_SIM.with(|c| c.set(true));
+        InSim
+    }
+}
+
+impl Drop for InSim {
+    fn drop(&mut self) {
+        IN_SIM.with(|c| c.set(false));
+    }
+}
+
 /// Runs `s` (see [`Simulation::run`]).
 pub(crate) fn run(mut s: Simulation) -> Report {
     let seed = s.seed;
@@ -304,7 +347,7 @@ pub(crate) fn run(mut s: Simulation) -> Report {
         .simulation_duration(s.window + SETTLE_LIMIT + Duration::from_secs(3600))
         .max_message_latency(Duration::from_millis(20))
         .build();
-    let broker = MemBroker::new();
+    let broker = s.broker.clone();
     let server = Server::with_config(
         Arc::new(broker.clone()),
         ServerConfig {
@@ -424,7 +467,11 @@ pub(crate) fn run(mut s: Simulation) -> Report {
         if lock(&world).broken.is_some() {
             break;
         }
-        if let Err(e) = d.sim.step() {
+        let stepped = {
+            let _in_sim = InSim::enter();
+            d.sim.step()
+        };
+        if let Err(e) = stepped {
             lock(&world).fail(Broke::Liveness(format!("the simulation failed: {e}")));
             break;
         }
