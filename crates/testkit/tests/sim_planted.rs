@@ -54,13 +54,20 @@ fn parallelism_off_by_one_is_caught() {
 
 #[test]
 fn one_retry_too_many_is_caught() {
-    caught(Bug::OneRetryTooMany, &[Rule::TooManyAttempts, Rule::MissingOutcome]);
+    caught(
+        Bug::OneRetryTooMany,
+        &[Rule::TooManyAttempts, Rule::MissingOutcome],
+    );
 }
 
 #[test]
 fn ack_before_dlq_confirmed_is_caught() {
     caught(
         Bug::AckBeforeDlqConfirmed,
-        &[Rule::AckWithoutSuccess, Rule::DoubleTerminal, Rule::BadDeadLetter],
+        &[
+            Rule::AckWithoutSuccess,
+            Rule::DoubleTerminal,
+            Rule::BadDeadLetter,
+        ],
     );
 }
