@@ -354,6 +354,7 @@ pub async fn run_case<H: Harness + ?Sized>(harness: &H, case: Case) -> Result<Ou
 
 /// The result of every case.
 #[derive(Debug)]
+#[must_use = "a report says which cases failed, were skipped or ran partially"]
 pub struct Report {
     /// Each case with its result, in run order.
     pub results: Vec<(Case, Result<Outcome, Failure>)>,

@@ -75,7 +75,7 @@ pub struct ProducerStats {
 /// The oracle for one [`ProducerMachine`]: every call ends in exactly one `Complete` with the
 /// right outcome, attempts ≤ `max_retries + 1`, retries not early, the body never re-run after
 /// it succeeded, no `RunBody` or `Publish` while the breaker refuses, and the breaker moves like
-/// the reference. Same feeding order as [`ConsumerOracle`].
+/// the reference. Same feeding order as [`ConsumerOracle`](super::ConsumerOracle).
 #[derive(Clone, Debug)]
 pub struct ProducerOracle {
     cfg: ProducerConfig,

@@ -4,7 +4,7 @@
 //!
 //! Every op is valid in every state (a `pick` chooses among whatever is running, modulo its
 //! count; ops with nothing to act on are skipped), so any sequence, random or fuzzed, is a
-//! legal run. A replay stops at the first [`Violation`].
+//! legal run. A replay stops at the first [`Violation`](crate::oracle::Violation).
 //!
 //! ```
 //! use backstop_testkit::replay::{replay_consumer, ConsumerOp};

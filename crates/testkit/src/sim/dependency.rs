@@ -30,7 +30,7 @@ struct State {
 ///     let store = store.clone();
 ///     async move {
 ///         store.call().await?; // fails while the simulated store is down
-///         Ok(())
+///         Ok::<(), backstop_engine::runtime::HandlerError>(())
 ///     }
 /// };
 /// # let _ = handler;
