@@ -123,5 +123,9 @@ pub fn check_seeds(seeds: u64, build: impl Fn(&mut Simulation)) -> Seeds {
             out.passed
         );
     }
+    println!(
+        "backstop-testkit: {} seed(s) passed: {}",
+        out.passed, out.counts
+    );
     out
 }

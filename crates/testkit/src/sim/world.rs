@@ -66,6 +66,36 @@ pub(crate) fn lock(w: &Shared) -> MutexGuard<'_, World> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `Key { index: 3, generation: 1 }` → `3v1`: the key's own short form, for readable events.
+fn compact(text: String) -> String {
+    const OPEN: &str = "Key { index: ";
+    const MID: &str = ", generation: ";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find(OPEN) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + OPEN.len()..];
+        let parsed = after.find(MID).and_then(|m| {
+            let end = after[m..].find(" }")? + m;
+            Some((&after[..m], &after[m + MID.len()..end], end + 2))
+        });
+        match parsed {
+            Some((index, generation, used)) => {
+                out.push_str(index);
+                out.push('v');
+                out.push_str(generation);
+                rest = &after[used..];
+            }
+            None => {
+                out.push_str(OPEN);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Simulated time (zero outside a run).
 pub(crate) fn sim_now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
@@ -87,7 +117,7 @@ impl World {
             self.events.pop_front();
         }
         self.events
-            .push_back(format!("{:>9.3}s {text}", t.as_secs_f64()));
+            .push_back(format!("{:>9.3}s {}", t.as_secs_f64(), compact(text)));
     }
 
     /// Records the first violation (later ones are ignored).
@@ -191,5 +221,20 @@ impl Observer for SimObserver {
         if let Err(v) = w.task(task, inc).event(now, event) {
             w.oracle_fail(format!("task {task} (incarnation {inc})"), v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact;
+
+    #[test]
+    fn keys_are_shown_short() {
+        assert_eq!(
+            compact("Invoke { key: Key { index: 3, generation: 12 }, attempt: 1 }".into()),
+            "Invoke { key: 3v12, attempt: 1 }"
+        );
+        assert_eq!(compact("no key here".into()), "no key here");
+        assert_eq!(compact("Key { index: broken".into()), "Key { index: broken");
     }
 }
