@@ -183,6 +183,9 @@ impl Simulation {
     }
 
     /// Publishes `payload` to `topic` at a time the seed draws within the fault window.
+    ///
+    /// Nothing is published before the service's consumers first subscribed: a subscription
+    /// only sees messages published after it exists (as on Pulsar); earlier times wait.
     pub fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) -> &mut Simulation {
         self.messages.push(Message {
             at: None,

@@ -159,7 +159,11 @@ pub(crate) async fn run_service(ctx: Arc<Ctx>) -> turmoil::Result {
             }
         }
     }
-    lock(&world).subscribed = true;
+    {
+        let mut w = lock(&world);
+        w.subscribed = true;
+        w.ever_subscribed = true;
+    }
     for hook in &ctx.hooks {
         lock(&world).hooks_running += 1;
         let svc = Service {
@@ -216,11 +220,16 @@ pub(crate) async fn run_service(ctx: Arc<Ctx>) -> turmoil::Result {
 
 /// The load host: publishes each message at its time, straight into the broker (another
 /// service's producer, outside the faults on the network), retrying while the broker fails.
+/// It starts once the service's consumers have subscribed: a new subscription only sees
+/// messages published after it exists (Pulsar's default, and the in-memory broker's).
 pub(crate) async fn run_load(
     broker: MemBroker,
     world: Shared,
     messages: Arc<Vec<Message>>,
 ) -> turmoil::Result {
+    while !lock(&world).ever_subscribed {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for m in messages.iter() {
         let now = sim_now();
         let at = m.at.unwrap_or_default();

@@ -44,6 +44,9 @@ pub(crate) struct World {
     pub live: Option<u32>,
     /// Whether every consumer of the live incarnation has subscribed.
     pub subscribed: bool,
+    /// Whether every consumer has subscribed at least once (the subscriptions exist on the
+    /// broker from then on, across crashes).
+    pub ever_subscribed: bool,
     /// Service hooks of the live incarnation still running.
     pub hooks_running: u32,
     /// Set by the driver once everything settled: the service shuts down gracefully.
