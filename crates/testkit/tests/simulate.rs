@@ -208,3 +208,47 @@ fn a_rejected_setup_is_reported() {
         matches!(report.violation.map(|v| v.broke), Some(Broke::Setup(s)) if s.contains("max_parallelism"))
     );
 }
+
+#[test]
+fn every_fault_kind_together() {
+    let s = check_seeds(10, |sim| {
+        let db = sim.dependency("db");
+        let charged: Counter = Arc::default();
+        let c = charged.clone();
+        sim.consumer(
+            ConsumerSpec::new("orders", "billing")
+                .max_parallelism(4)
+                .max_retries(5)
+                .retry_delay(Duration::from_millis(300))
+                .dlq_topic("orders-dlq"),
+            move |order: u64| {
+                let (db, c) = (db.clone(), c.clone());
+                async move {
+                    db.call().await?;
+                    // Idempotent: charging twice sets the same flag.
+                    c.lock().unwrap().insert(order, 1);
+                    Ok::<(), HandlerError>(())
+                }
+            },
+        );
+        for order in 0..25u64 {
+            sim.publish_json("orders", &order);
+        }
+        sim.faults(FaultProfile::all());
+        let broker = sim.broker().clone();
+        sim.at_end("every order charged or dead-lettered", move || {
+            let charged = charged.lock().unwrap().len();
+            let dead = broker.topic_payloads("orders-dlq").len();
+            if charged + dead >= 25 {
+                Ok(())
+            } else {
+                Err(format!("{charged} charged, {dead} dead-lettered, of 25"))
+            }
+        });
+    });
+    assert!(
+        s.counts.faults > 0 && s.counts.duplicates > 0,
+        "{:?}",
+        s.counts
+    );
+}
