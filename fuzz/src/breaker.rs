@@ -1,6 +1,6 @@
 //! The `breaker` target: arbitrary acquire / result / release / timeout / clock ops replayed
 //! against [`CircuitBreaker`] and, step by step, against [`Reference`], a minimal model of the
-//! DESIGN.md §2 contract.
+//! breaker contract (docs/architecture.md).
 //!
 //! After every op the two must agree on the state, the failure count, the probes in flight,
 //! the wake-up time, whether a call would be admitted, which held permits are still current,

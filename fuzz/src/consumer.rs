@@ -1,7 +1,7 @@
 //! The `consumer` target: an arbitrary config and arbitrary driver ops (deliveries, decodable
 //! or poison; handler results of every kind for the runs in flight; DLQ confirmations and
-//! failures; late results; clock jumps; shutdown), replayed by the engine's
-//! [`replay_consumer`] under the DESIGN.md §4 oracle, which checks every action and event.
+//! failures; late results; clock jumps; shutdown), replayed by the testkit's
+//! [`replay_consumer`] under the oracle (docs/architecture.md), which checks every action and event.
 //!
 //! After the ops, faults heal: every run in flight succeeds, every DLQ publish is confirmed,
 //! the clock jumps to each wake-up and a half-open breaker gets a delivery to probe with. Then
@@ -15,7 +15,7 @@
 //! ```
 //! use backstop_fuzz::consumer::{run, ConsumerCase, ConsumerSetup};
 //! use backstop_fuzz::BreakerSetup;
-//! use backstop_engine::core::replay::ConsumerOp;
+//! use backstop_testkit::replay::ConsumerOp;
 //! use backstop_engine::core::ErrorKind;
 //! let setup = ConsumerSetup {
 //!     parallelism: 1, held_extra: 0, retries: 2, delay_ms: 100, backoff: None, dlq: true,
@@ -35,8 +35,8 @@
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use backstop_engine::core::replay::{replay_consumer, ConsumerOp, ConsumerReport};
 use backstop_engine::core::{ConsumerConfig, RetryPolicy};
+use backstop_testkit::replay::{replay_consumer, ConsumerOp, ConsumerReport};
 
 use super::{clock_step, result, BreakerSetup, Failure};
 

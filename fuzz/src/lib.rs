@@ -1,5 +1,5 @@
 //! The fuzz harness for backstop's sans-IO core, shared by the cargo-fuzz targets and by
-//! `cargo test` (`crates/engine/tests/fuzz_generators.rs` includes this file as a module, so
+//! `cargo test` (`crates/testkit/tests/fuzz_generators.rs` includes this file as a module, so
 //! paths inside it are relative: `super::`, never `crate::`).
 //!
 //! A case is a config and a list of ops decoded from the fuzzer's bytes, in the style of
@@ -10,8 +10,8 @@
 //! | module | its one job |
 //! |---|---|
 //! | [`breaker`] | the circuit breaker, step by step against a small reference model |
-//! | [`consumer`] | consumer cases for the engine's oracle-checked `replay_consumer` |
-//! | [`producer`] | producer cases for the engine's oracle-checked `replay_producer` |
+//! | [`consumer`] | consumer cases for the testkit's oracle-checked `replay_consumer` |
+//! | [`producer`] | producer cases for the testkit's oracle-checked `replay_producer` |
 //!
 //! ```
 //! // Any bytes decode to some case; a case either passes or names the first broken rule.
@@ -29,8 +29,8 @@ use std::fmt;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use backstop_engine::core::oracle::Violation;
 use backstop_engine::core::{BreakerConfig, ErrorKind, KindSet, Time};
+use backstop_testkit::oracle::Violation;
 
 /// An [`ErrorKind`] drawn uniformly from [`ErrorKind::ALL`], so new kinds are fuzzed without
 /// touching the harness (and without the engine's `arbitrary` feature).
@@ -94,7 +94,7 @@ pub struct BreakerSetup {
     pub threshold: u8,
     /// Recovery timeout is `1 + recovery_ms % 4000` milliseconds.
     pub recovery_ms: u16,
-    /// Half-open probes are `1 + probes % 3` (DESIGN.md's default is one; the config allows more).
+    /// Half-open probes are `1 + probes % 3` (the default is one; the config allows more).
     pub probes: u8,
     /// Counted kinds as a bit set over [`ErrorKind::ALL`]; 0 means the default (Connection and
     /// Timeout).

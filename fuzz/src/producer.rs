@@ -1,6 +1,6 @@
 //! The `producer` target: an arbitrary config and arbitrary driver ops (calls; body, publish
 //! and DLQ results of every kind; cancellations; late results; clock jumps), replayed by the
-//! engine's [`replay_producer`] under its oracle.
+//! testkit's [`replay_producer`] under its oracle.
 //!
 //! After the ops, faults heal: every body and publish succeeds, every DLQ publish is confirmed,
 //! the clock jumps to each wake-up, and probe calls close the breaker. Then no call may be in
@@ -12,7 +12,7 @@
 //! ```
 //! use backstop_fuzz::producer::{run, ProducerCase, ProducerSetup};
 //! use backstop_fuzz::BreakerSetup;
-//! use backstop_engine::core::replay::ProducerOp;
+//! use backstop_testkit::replay::ProducerOp;
 //! use backstop_engine::core::ErrorKind;
 //! let setup = ProducerSetup {
 //!     retries: 1, delay_ms: 10, dlq: true,
@@ -31,8 +31,8 @@
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use backstop_engine::core::replay::{replay_producer, ProducerOp, ProducerReport};
 use backstop_engine::core::{ProducerConfig, RetryPolicy};
+use backstop_testkit::replay::{replay_producer, ProducerOp, ProducerReport};
 
 use super::{clock_step, result, BreakerSetup, Failure};
 

@@ -1,5 +1,5 @@
 //! backstop on a real Apache Pulsar against the bare `pulsar` crate and pulsar-perf, in one run
-//! on the same broker (DESIGN.md §6). Not a test: numbers, no assertions.
+//! on the same broker (docs/benchmarks.md). Not a test: numbers, no assertions.
 //!
 //! ```text
 //! scripts/pulsar start

@@ -274,3 +274,43 @@ async fn gated_cases_are_skipped_not_failed() {
         );
     }
 }
+
+/// A skipped case fails its generated test instead of showing as passed; a case run without
+/// some checks says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_case_fails_its_generated_test() {
+    struct NoFaults;
+    #[async_trait]
+    impl Harness for NoFaults {
+        fn features(&self) -> Features {
+            Features {
+                redelivery_count: false,
+                ..Features::default()
+            }
+        }
+        async fn env(&self, case: Case) -> Env {
+            Env::new(Arc::new(MemBroker::new()), unique_prefix(case.name()))
+        }
+    }
+    let skipped = tokio::spawn(async {
+        backstop_conformance::check_case(&NoFaults, "connection_loss_fails_then_recovers").await
+    })
+    .await
+    .expect_err("a skipped case panics");
+    let text = skipped
+        .into_panic()
+        .downcast::<String>()
+        .map(|s| *s)
+        .unwrap_or_default();
+    assert!(text.contains("SKIPPED"), "{text}");
+    assert!(matches!(
+        run_case(&NoFaults, Case::Roundtrip).await,
+        Ok(Outcome::PassedWithout(w)) if w.contains("redelivery-count")
+    ));
+    // The partial case still passes its generated test.
+    backstop_conformance::check_case(&NoFaults, "roundtrip_keeps_payload_key_and_properties").await;
+    let report = backstop_conformance::run_all(&NoFaults).await;
+    assert!(report.is_success() && !report.is_complete(), "{report}");
+    assert_eq!(report.skipped(), 1, "{report}");
+    assert!(report.partial() >= 3, "{report}");
+}

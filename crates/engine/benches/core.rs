@@ -1,4 +1,4 @@
-//! The sans-IO core's decision throughput (DESIGN.md §6), in message lifecycles per second.
+//! The sans-IO core's decision throughput (docs/benchmarks.md), in message lifecycles per second.
 //!
 //! - `consumer/lifecycle_ok`: delivered → Invoke → finished(Ok) → Ack, in steady state with
 //!   64 handler runs in flight; every action and event drained at every step.

@@ -10,7 +10,7 @@ use backstop_engine::core::{
     RetryPolicy, Time,
 };
 
-/// DESIGN.md §2: `circuit_breaker_state` is 0 closed, 1 half-open, 2 open.
+/// docs/architecture.md, "Contracts outside the core": `circuit_breaker_state` is 0 closed, 1 half-open, 2 open.
 #[test]
 fn breaker_gauge_values_are_the_dashboard_contract() {
     assert_eq!(BreakerState::Closed.gauge(), 0);
@@ -26,8 +26,8 @@ fn breaker_state_labels() {
     assert_eq!(BreakerState::Open.as_str(), "open");
 }
 
-/// DESIGN.md §2: an undecodable payload goes to the DLQ "with reason `decode`"; the reason is
-/// part of the dead-letter record.
+/// docs/architecture.md, "The message walk": an undecodable payload goes to the DLQ with
+/// reason `decode`; the reason is part of the dead-letter record.
 #[test]
 fn dlq_reason_labels() {
     assert_eq!(DlqReason::Exhausted.as_str(), "exhausted");

@@ -1,13 +1,12 @@
 //! Deterministic fault-injection simulations of backstop: the real runtime and the in-memory
 //! broker as turmoil hosts (and the bare sans-IO machines in a fast event-jump loop), faults
-//! drawn from a seed, the DESIGN.md §4 oracle checked after every step, and a seed runner.
+//! drawn from a seed, backstop-testkit's oracle (docs/architecture.md) checked after every step, and a seed runner.
 //!
 //! | module | its one job |
 //! |---|---|
 //! | [`rng`] | the seeded random source |
 //! | [`scenario`] | what a turmoil seed simulates (swarm-drawn knobs, workload, fault schedule) |
 //! | [`trace`] | the hashed, readable record of a run |
-//! | [`feed`] | the engine's consumer oracle fed from the runtime's observer |
 //! | [`ledger`] | broker-side bookkeeping and checks |
 //! | [`world`] | the state a turmoil run's hosts and driver share |
 //! | [`service`] | a service host's software (the real runtime) |
@@ -28,7 +27,6 @@
 #![warn(missing_docs)]
 
 pub mod core_sim;
-pub mod feed;
 pub mod ledger;
 pub mod net;
 pub mod report;

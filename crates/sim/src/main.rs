@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Deterministic simulation of backstop: the real runtime and the in-memory broker on turmoil's
 /// simulated network and clock (or the bare sans-IO machines with --core), faults drawn from
-/// each seed, the DESIGN.md §4 oracle checked after every step.
+/// each seed, the oracle (docs/architecture.md, "The invariants") checked after every step.
 #[derive(Parser, Debug)]
 #[command(name = "backstop-sim", version)]
 struct Args {

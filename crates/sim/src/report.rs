@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use backstop_engine::core::oracle::Rule;
+use backstop_testkit::oracle::Rule;
 
 /// Which simulation tier ran a seed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]

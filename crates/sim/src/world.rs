@@ -5,18 +5,18 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use backstop_engine::core::oracle::Violation;
 use backstop_engine::core::{
     BreakerState, ConsumerAction, ConsumerConfig, ConsumerEvent, ErrorKind, ProducerAction,
     ProducerEvent, Time,
 };
 use backstop_engine::runtime::Observer;
+use backstop_testkit::oracle::Violation;
 
-use crate::feed::{ConsumerFeed, TaskWatch};
 use crate::ledger::Ledger;
 use crate::rng::SimRng;
 use crate::scenario::{Plan, Scenario};
 use crate::trace::{Trace, What, Who};
+use backstop_testkit::feed::{ConsumerFeed, TaskWatch};
 
 /// Payload ids from here up are liveness probes (published after healing to let a half-open
 /// breaker close).

@@ -2,12 +2,15 @@
 //! feature, a per-thread switch), seeds are run from 0 until one fails; it must fail within a
 //! bounded number of seeds, for the rule the bug breaks, and the same seed must pass without
 //! the bug. Both tiers.
+//!
+//! Run: `cargo test -p backstop-sim --features planted-bugs` (scripts/test does).
+#![cfg(feature = "planted-bugs")]
 
-use backstop_engine::core::oracle::Rule;
 use backstop_engine::core::planted::{self, Bug};
 use backstop_sim::report::{Failure, Tier};
 use backstop_sim::runner::run_one;
 use backstop_sim::scenario::Options;
+use backstop_testkit::oracle::Rule;
 
 /// Seeds tried per bug before the test gives up.
 const LIMIT: u64 = 40;

@@ -1,6 +1,9 @@
 //! Fault schedules as proptest values: with a planted bug, a random search finds a failing
 //! schedule and proptest shrinks it to a minimal one (a single fault) that still fails with the
 //! bug and passes without it. Both tiers.
+//!
+//! Run: `cargo test -p backstop-sim --features planted-bugs` (scripts/test does).
+#![cfg(feature = "planted-bugs")]
 
 use std::time::Duration;
 

@@ -28,6 +28,16 @@ pub static PROCESSED_USERS: Mutex<BTreeMap<i64, u32>> = Mutex::new(BTreeMap::new
 static BODY_ATTEMPTS: Mutex<BTreeMap<i64, u32>> = Mutex::new(BTreeMap::new());
 static HANDLER_ATTEMPTS: Mutex<BTreeMap<i64, u32>> = Mutex::new(BTreeMap::new());
 
+/// Forgets every count and switch: a fresh process (a simulation calls this before each seed).
+#[allow(dead_code)]
+pub fn reset() {
+    STORE_DOWN.store(false, Ordering::SeqCst);
+    PROCESSED.store(0, Ordering::SeqCst);
+    for m in [&PROCESSED_USERS, &BODY_ATTEMPTS, &HANDLER_ATTEMPTS] {
+        m.lock().unwrap().clear();
+    }
+}
+
 fn bump(map: &Mutex<BTreeMap<i64, u32>>, id: i64) -> u32 {
     let mut m = map.lock().unwrap();
     let n = m.entry(id).or_insert(0);

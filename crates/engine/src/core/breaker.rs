@@ -203,6 +203,7 @@ impl BreakerConfigBuilder {
 /// Leave to make one call, issued by [`CircuitBreaker::try_acquire`]; hand it back with the
 /// result so results from before a transition can be told apart and ignored.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[must_use = "a permit holds a breaker slot: report its result (or release it), else the slot is lost"]
 pub struct Permit {
     generation: u32,
     probe: bool,
@@ -242,7 +243,7 @@ pub struct Transition {
 
 /// The circuit breaker.
 ///
-/// Contract (DESIGN.md §2): `failure_threshold` consecutive failures of a counted kind open
+/// Contract (docs/architecture.md, "What the core decides"): `failure_threshold` consecutive failures of a counted kind open
 /// the breaker; after `recovery_timeout` it is half-open and admits `half_open_probes` probe
 /// calls; a probe success closes it, a probe failure re-opens it for a fresh timeout. Failures of
 /// other kinds neither count nor reset. A result whose [`Permit`] was issued before the last
@@ -325,6 +326,7 @@ impl CircuitBreaker {
 
     /// When the breaker next needs [`handle_timeout`](Self::handle_timeout): the end of the open
     /// period, or `None`.
+    #[must_use = "a driver that ignores the next wake-up never moves an open breaker on"]
     pub fn poll_timeout(&self) -> Option<Time> {
         (self.state == BreakerState::Open && self.forced.is_none()).then_some(self.open_until)
     }

@@ -329,7 +329,7 @@ struct Entry {
 /// slots and the breaker allow. [`ConsumerMachine::handle_timeout`] is the input for when
 /// nothing else happens before [`ConsumerMachine::poll_timeout`].
 ///
-/// Guarantees (DESIGN.md §2 and §4):
+/// Guarantees (docs/architecture.md, "What the core decides" and "The invariants"):
 /// - never more than `max_parallelism` [`ConsumerAction::Invoke`] without a matching
 ///   [`ConsumerMachine::handle_finished`]; a message waiting for its retry holds no slot;
 /// - at most `max_retries + 1` attempts, each retry no earlier than its delay;
@@ -349,8 +349,8 @@ struct Entry {
 ///   finish until the deadline, then nacks the rest and reports [`ConsumerEvent::Drained`];
 ///   later results are ignored and [`ConsumerMachine::poll_timeout`] is `None`.
 ///
-/// Every delivery ends in exactly one terminal action (ack or nack). [`crate::core::oracle`]
-/// checks all of this from the outside.
+/// Every delivery ends in exactly one terminal action (ack or nack). backstop-testkit's oracle
+/// checks all of this from the outside (docs/architecture.md, "The invariants").
 ///
 /// ```
 /// use backstop_engine::core::*;
@@ -666,6 +666,7 @@ impl ConsumerMachine {
     }
 
     /// The earliest time [`handle_timeout`](Self::handle_timeout) is due, if any.
+    #[must_use = "a driver that ignores the next wake-up never runs due retries or breaker recovery"]
     pub fn poll_timeout(&mut self) -> Option<Time> {
         // Drop stale retry entries so an idle machine reports no timer.
         while let Some((at, key)) = self.timers.peek() {
@@ -686,6 +687,7 @@ impl ConsumerMachine {
 
     /// The next action to perform.
     #[inline]
+    #[must_use = "an action not performed is a message stuck or lost"]
     pub fn poll_action(&mut self) -> Option<ConsumerAction> {
         self.actions.pop_front()
     }

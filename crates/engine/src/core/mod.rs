@@ -1,5 +1,6 @@
 //! The sans-IO core: plain state machines that take inputs with `now` and emit actions, events
-//! and timeouts. No async, no I/O, no clock, no randomness.
+//! and timeouts. No async, no I/O, no clock, no randomness. The oracle that checks these
+//! machines from outside lives in `backstop-testkit` (docs/architecture.md).
 //!
 //! | module | its one job |
 //! |---|---|
@@ -10,8 +11,6 @@
 //! | `retry` | attempts and delays |
 //! | `consumer` | one subscription's message lifecycle |
 //! | `producer` | one task's call lifecycle |
-//! | [`oracle`] | reference models that check the machines from outside (DESIGN.md §4) |
-//! | [`replay`] | replays driver op sequences under the oracle, then checks liveness |
 //! | `slab`, `timers` | allocation-free keyed storage and the retry timer queue |
 //! | `planted` | deliberate bugs for proving the checks work (`planted-bugs` feature only) |
 
@@ -19,11 +18,9 @@ mod breaker;
 mod config_error;
 mod consumer;
 mod error;
-pub mod oracle;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
 mod producer;
-pub mod replay;
 mod retry;
 mod slab;
 mod time;

@@ -225,7 +225,7 @@ struct Call {
 /// drains [`ProducerMachine::poll_action`] and [`ProducerMachine::poll_event`] and calls
 /// [`ProducerMachine::handle_timeout`] at [`ProducerMachine::poll_timeout`].
 ///
-/// Contract (DESIGN.md §2):
+/// Contract (docs/architecture.md, "What the core decides"):
 /// - each call is a sequence of attempts; an attempt takes a breaker permit, runs the body
 ///   (until the body has succeeded once) and publishes its result. The body is never re-run
 ///   after it succeeded, only the publish;
@@ -476,6 +476,7 @@ impl ProducerMachine {
     }
 
     /// The earliest time [`handle_timeout`](Self::handle_timeout) is due.
+    #[must_use = "a driver that ignores the next wake-up never runs due retries or breaker recovery"]
     pub fn poll_timeout(&mut self) -> Option<Time> {
         while let Some((at, call)) = self.timers.peek() {
             match self.calls.get(call) {
@@ -491,6 +492,7 @@ impl ProducerMachine {
 
     /// The next action to perform.
     #[inline]
+    #[must_use = "an action not performed is a call stuck or lost"]
     pub fn poll_action(&mut self) -> Option<ProducerAction> {
         self.actions.pop_front()
     }

@@ -155,7 +155,10 @@ impl TaskSpec {
     fn retry_policy_checked(&self) -> Result<RetryPolicy, ConfigError> {
         resolve_retry(self.retry, self.max_retries, self.retry_delay)
     }
-    pub(crate) fn producer_config(
+    /// The core settings a task built from this spec runs with, given the context's default
+    /// breaker ([`Backstop::breaker_defaults`](crate::runtime::Backstop::breaker_defaults)):
+    /// what an outside checker (backstop-testkit's oracle) needs to model the task.
+    pub fn producer_config(
         &self,
         default_breaker: BreakerConfig,
     ) -> Result<ProducerConfig, ConfigError> {
@@ -287,7 +290,10 @@ impl ConsumerSpec {
     pub fn max_parallelism_value(&self) -> u32 {
         self.max_parallelism
     }
-    pub(crate) fn consumer_config(
+    /// The core settings a consumer built from this spec runs with, given the context's default
+    /// breaker ([`Backstop::breaker_defaults`](crate::runtime::Backstop::breaker_defaults)):
+    /// what an outside checker (backstop-testkit's oracle) needs to model the consumer.
+    pub fn consumer_config(
         &self,
         default_breaker: BreakerConfig,
     ) -> Result<ConsumerConfig, ConfigError> {

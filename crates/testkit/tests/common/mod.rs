@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use backstop_engine::core::replay::{ConsumerOp, ProducerOp};
 use backstop_engine::core::{
     BreakerConfig, ConsumerConfig, ErrorKind, ProducerConfig, RetryPolicy,
 };
+use backstop_testkit::replay::{ConsumerOp, ProducerOp};
 use proptest::prelude::*;
 
 /// Results as handlers and brokers produce them: mostly Ok, the breaker's kinds often.

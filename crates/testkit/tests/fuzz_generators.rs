@@ -17,8 +17,8 @@ mod harness;
 
 use std::path::{Path, PathBuf};
 
-use backstop_engine::core::replay::{ConsumerOp, ProducerOp};
 use backstop_engine::core::{splitmix64, ErrorKind};
+use backstop_testkit::replay::{ConsumerOp, ProducerOp};
 use harness::breaker::{BreakerCase, BreakerOp, BreakerStats};
 use harness::consumer::{ConsumerCase, ConsumerSetup};
 use harness::producer::{ProducerCase, ProducerSetup};

@@ -2,14 +2,14 @@
 //! switched on in turn and the same random op-sequence checks that pass on the real code must
 //! find a violation of the rule the bug breaks, within a bounded number of cases.
 //!
-//! Run: `cargo test -p backstop-engine --features planted-bugs --test planted`
+//! Run: `cargo test -p backstop-testkit --features planted-bugs --test planted`
 #![cfg(feature = "planted-bugs")]
 
 mod common;
 
-use backstop_engine::core::oracle::{Rule, Violation};
 use backstop_engine::core::planted::{self, Bug};
-use backstop_engine::core::replay::{replay_consumer, replay_producer};
+use backstop_testkit::oracle::{Rule, Violation};
+use backstop_testkit::replay::{replay_consumer, replay_producer};
 use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
 
 const MAX_CASES: u32 = 2_000;

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 
-use backstop_engine::core::oracle::{legal_edge, ConsumerOracle, Rule, Violation};
+use crate::oracle::{legal_edge, ConsumerOracle, Rule, Violation};
 use backstop_engine::core::{
     BreakerState, ConsumerAction, ConsumerConfig, ConsumerEvent, Key, ProducerAction,
     ProducerEvent, Time,
@@ -56,7 +56,7 @@ fn is_input(e: &ConsumerEvent) -> bool {
 ///
 /// ```
 /// use backstop_engine::core::{ConsumerAction, ConsumerConfig, ConsumerEvent, ConsumerMachine, Time};
-/// use backstop_sim::feed::ConsumerFeed;
+/// use backstop_testkit::feed::ConsumerFeed;
 /// let cfg = ConsumerConfig::builder().build()?;
 /// let mut m = ConsumerMachine::new(cfg);
 /// let mut feed = ConsumerFeed::new(cfg);
@@ -214,7 +214,7 @@ impl ConsumerFeed {
 
 /// Light checks of one task (producer) through the observer: no attempt beyond
 /// `max_retries + 1`, exactly one `Complete` per call, breaker transitions along legal edges
-/// from the state last reported. (The full [`ProducerOracle`](backstop_engine::core::oracle::ProducerOracle)
+/// from the state last reported. (The full [`ProducerOracle`](crate::oracle::ProducerOracle)
 /// needs inputs the observer does not show — a body's success has no event — so the pure-core
 /// tier runs it instead.)
 #[derive(Debug)]
@@ -425,10 +425,6 @@ mod tests {
         // Forge what a broken runtime might report: an ack while the handler still runs.
         p.f.action(t(5), ConsumerAction::Ack { key: a }).unwrap();
         let v = p.f.flush().unwrap_err();
-        assert_eq!(
-            v.rule,
-            backstop_engine::core::oracle::Rule::AckWithoutSuccess,
-            "{v}"
-        );
+        assert_eq!(v.rule, crate::oracle::Rule::AckWithoutSuccess, "{v}");
     }
 }

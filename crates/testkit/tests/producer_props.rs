@@ -5,7 +5,7 @@
 
 mod common;
 
-use backstop_engine::core::replay::replay_producer;
+use backstop_testkit::replay::replay_producer;
 use proptest::prelude::*;
 
 proptest! {

@@ -1,11 +1,11 @@
-//! Property: random driver op sequences against the consumer machine never break a DESIGN.md §4
+//! Property: random driver op sequences against the consumer machine never break an oracle (docs/architecture.md)
 //! invariant (checked by the oracle after every step), and after the sequence, once every run
 //! and DLQ publish succeeds and time moves on, everything drains: all deliveries acked or
 //! nacked, the breaker closed, no timer left.
 
 mod common;
 
-use backstop_engine::core::replay::replay_consumer;
+use backstop_testkit::replay::replay_consumer;
 use proptest::prelude::*;
 
 proptest! {

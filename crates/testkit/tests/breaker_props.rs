@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use backstop_engine::core::oracle::{legal_edge, BreakerModel, Ticket};
 use backstop_engine::core::{
     BreakerConfig, BreakerState, CircuitBreaker, ErrorKind, KindSet, Permit, Refusal, Time,
 };
+use backstop_testkit::oracle::{legal_edge, BreakerModel, Ticket};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
