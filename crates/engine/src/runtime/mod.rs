@@ -13,6 +13,7 @@
 //! | `metrics` | the Prometheus families |
 //! | `server` | the `/metrics` HTTP endpoint |
 //! | `dlq` | the dead-letter record |
+//! | `dlq_fit` | dead-letter records cut to the broker's size limit (length and SHA-256 kept) |
 //! | `error` | handler errors and task failures |
 //! | `clock` | tokio time as core time |
 
@@ -20,6 +21,7 @@ mod backstop;
 mod clock;
 mod consumer;
 mod dlq;
+mod dlq_fit;
 mod error;
 mod metrics;
 mod observer;
@@ -32,6 +34,9 @@ pub use backstop::{global, set_global, try_global, Backstop, BackstopBuilder};
 pub use clock::Clock;
 pub use consumer::{ConsumerHandle, ConsumerReport, StartError};
 pub use dlq::DeadLetterRecord;
+pub use dlq_fit::{
+    fit_dead_letter, message_size, sha256_hex, DLQ_MESSAGE_LIMIT, PROPERTY_VALUE_LIMIT,
+};
 pub use error::{DeadLetter, FailureReason, HandlerError, TaskError, TaskFailure};
 pub use metrics::Metrics;
 pub use observer::Observer;
