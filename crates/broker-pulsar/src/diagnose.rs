@@ -120,7 +120,17 @@ where
         payload: None,
     };
     framed.send(connect).await.ok()?;
-    let answer = framed.next().await?.ok()?;
+    let answer = match framed.next().await? {
+        Ok(answer) => answer,
+        // E.g. a TLS 1.3 server that wants a client certificate says so only now, with an
+        // alert, after the client considered the handshake done.
+        Err(e) => {
+            return Some(BrokerError::new(
+                crate::error::connection_kind(&e),
+                format!("the connection to {host}:{port} failed after the TLS handshake: {e}"),
+            ))
+        }
+    };
     let error = answer.command.error?;
     let server =
         proto::ServerError::try_from(error.error).unwrap_or(proto::ServerError::UnknownError);

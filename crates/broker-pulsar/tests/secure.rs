@@ -264,10 +264,9 @@ async fn an_untrusted_ca_is_auth_naming_the_certificate() {
     auth_err(connect(&tls_url(), options).await, "no CA");
 }
 
-#[tokio::test]
-async fn a_certificate_for_another_host_name_is_auth() {
-    // A TLS server (openssl s_server) whose certificate is signed by the trusted CA, but for
-    // `wrong.example`: the client must refuse it although the CA is right.
+/// Runs `openssl s_server` on a free port with `args`, returning it and its port once it
+/// accepts connections.
+async fn s_server(args: &[&std::ffi::OsStr]) -> (std::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -276,42 +275,79 @@ async fn a_certificate_for_another_host_name_is_auth() {
     let mut server = Command::new("openssl")
         .args(["s_server", "-quiet", "-accept"])
         .arg(format!("127.0.0.1:{port}"))
-        .arg("-cert")
-        .arg(secure_file("wronghost.crt"))
-        .arg("-key")
-        .arg(secure_file("wronghost.key"))
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("openssl s_server (openssl is needed by scripts/pulsar --secure too)");
-    let mut up = false;
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            up = true;
-            break;
+            return (server, port);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = if up {
-        Some(
-            connect(
-                &format!("pulsar+ssl://127.0.0.1:{port}"),
-                base()
-                    .with_auth_token(read("app.jwt"))
-                    .with_connect_timeout(Duration::from_secs(5)),
-            )
-            .await,
-        )
-    } else {
-        None
-    };
     let _ = server.kill();
     let _ = server.wait();
-    let e = auth_err(
-        r.expect("openssl s_server did not come up"),
-        "wrong host name",
+    panic!("openssl s_server did not come up on port {port}");
+}
+
+#[tokio::test]
+async fn a_server_that_requires_a_client_certificate_is_auth() {
+    // This client cannot present one (the pulsar crate has no client-certificate option, see
+    // docs/security.md): a broker with tlsRequireTrustedClientCertOnConnect must come out as
+    // a typed Auth error, not as an outage to retry.
+    let (cert, key, ca) = (
+        secure_file("server.crt"),
+        secure_file("server.key"),
+        secure_file("ca.crt"),
     );
+    let (mut server, port) = s_server(&[
+        "-cert".as_ref(),
+        cert.as_os_str(),
+        "-key".as_ref(),
+        key.as_os_str(),
+        "-CAfile".as_ref(),
+        ca.as_os_str(),
+        "-Verify".as_ref(),
+        "1".as_ref(),
+    ])
+    .await;
+    let r = connect(
+        &format!("pulsar+ssl://127.0.0.1:{port}"),
+        base()
+            .with_auth_token(read("app.jwt"))
+            .with_connect_timeout(Duration::from_secs(5)),
+    )
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    let e = auth_err(r, "client certificate required");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_host_name_is_auth() {
+    // A TLS server (openssl s_server) whose certificate is signed by the trusted CA, but for
+    // `wrong.example`: the client must refuse it although the CA is right.
+    let (cert, key) = (secure_file("wronghost.crt"), secure_file("wronghost.key"));
+    let (mut server, port) = s_server(&[
+        "-cert".as_ref(),
+        cert.as_os_str(),
+        "-key".as_ref(),
+        key.as_os_str(),
+    ])
+    .await;
+    let r = connect(
+        &format!("pulsar+ssl://127.0.0.1:{port}"),
+        base()
+            .with_auth_token(read("app.jwt"))
+            .with_connect_timeout(Duration::from_secs(5)),
+    )
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    let e = auth_err(r, "wrong host name");
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
 }
 
