@@ -125,7 +125,7 @@ impl BreakerSetup {
         let kinds: Vec<ErrorKind> = ErrorKind::ALL
             .into_iter()
             .enumerate()
-            .filter(|(i, _)| self.counted & (1 << i) != 0)
+            .filter(|(i, _)| (u32::from(self.counted) >> i) & 1 != 0)
             .map(|(_, k)| k)
             .collect();
         KindSet::of(&kinds)

@@ -104,5 +104,5 @@ pub use broker::{MemBroker, MemProducer, MemSubscription};
 pub use client::{ClientConfig, RemoteBroker};
 pub use faults::{Faults, Op};
 pub use inspect::{Counters, SubscriptionStats};
-pub use server::{serve, serve_connection, Listener, Server, ServerConfig};
+pub use server::{serve, serve_connection, Listener, Server, ServerConfig, MAX_IN_FLIGHT};
 pub use state::{InitialPosition, MemConfig};

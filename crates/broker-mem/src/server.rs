@@ -224,6 +224,12 @@ struct Handles {
     receives: BTreeMap<u64, oneshot::Sender<()>>,
 }
 
+/// Requests one connection may have in flight (each a task: a parked `receive`, a queued
+/// `send`, ...). A client past it is hostile or broken: its connection is closed, so it cannot
+/// make the server hold unbounded memory (frames themselves are bounded by the wire's
+/// 64 MiB frame limit, and bytes are buffered only as they arrive).
+pub const MAX_IN_FLIGHT: usize = 10_000;
+
 /// One served connection.
 struct Connection {
     broker: Arc<dyn Broker>,
@@ -293,6 +299,12 @@ impl Connection {
                 frame = reader.next::<Request>() => match frame {
                     Ok(Some(request)) => {
                         last_heard = Instant::now();
+                        if self.tasks.len() >= MAX_IN_FLIGHT {
+                            break Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("more than {MAX_IN_FLIGHT} requests in flight on one connection"),
+                            ));
+                        }
                         self.handle(request, &replier);
                     }
                     Ok(None) => break Ok(()),

@@ -7,13 +7,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backstop_engine::broker::{Broker, BrokerError, Producer, Subscription, SubscriptionSpec};
 use backstop_engine::core::ErrorKind;
-use pulsar::{
-    Authentication, ConnectionRetryOptions, OperationRetryOptions, Pulsar, TokioExecutor,
-};
+use pulsar::{ConnectionRetryOptions, OperationRetryOptions, Pulsar, TokioExecutor};
+
+use crate::auth::TokenProvider;
+use crate::diagnose;
 
 use crate::error::{broker_error, ConnectError};
 use crate::nodelay;
-use crate::options::{validate_url, PulsarOptions};
+use crate::options::{validate_url, ConfigError, PulsarOptions};
 use crate::producer::PulsarProducer;
 use crate::subscription::PulsarSubscription;
 
@@ -75,9 +76,11 @@ impl PulsarBroker {
     /// Connects to `url` (`pulsar://host:port` or `pulsar+ssl://host:port`), waiting at most
     /// [`PulsarOptions::connect_timeout`].
     ///
-    /// Fails with [`ConnectError::Config`] for a bad URL or bad options (nothing attempted) and
-    /// [`ConnectError::Broker`] when the broker cannot be reached ([`ErrorKind::Connection`] or
-    /// [`ErrorKind::Timeout`]) or refuses the client.
+    /// Fails with [`ConnectError::Config`] for a bad URL or bad options, an unreadable token or
+    /// CA file (nothing attempted) and [`ConnectError::Broker`] when the broker cannot be
+    /// reached ([`ErrorKind::Connection`] or [`ErrorKind::Timeout`]) or refuses the client:
+    /// a wrong or expired token, a certificate that does not verify or a host name it is not
+    /// valid for are [`ErrorKind::Auth`] (permanent, never counted by a breaker).
     pub async fn connect(url: &str, options: PulsarOptions) -> Result<PulsarBroker, ConnectError> {
         validate_url(url)?;
         options.validate()?;
@@ -100,14 +103,20 @@ impl PulsarBroker {
                 // transient errors itself, within the operation timeout.
                 max_retries: Some(0),
             });
-        if let Some(token) = &options.auth_token {
-            builder = builder.with_auth(Authentication {
-                name: "token".to_string(),
-                data: token.clone().into_bytes(),
-            });
+        if let Some(source) = options.token_source() {
+            // Read once here, so a missing file or variable is a configuration error before
+            // anything is sent; the provider reads it again on every authentication.
+            source.read().map_err(ConfigError::Token)?;
+            if url.starts_with("pulsar://") {
+                tracing::warn!(
+                    url,
+                    "an auth token is sent over a plaintext connection; use pulsar+ssl://"
+                );
+            }
+            builder = builder.with_auth_provider(Box::new(TokenProvider::new(source)));
         }
-        if let Some(pem) = &options.tls_ca_pem {
-            builder = builder.with_certificate_chain(pem.clone());
+        if let Some(pem) = options.trusted_ca_pem()? {
+            builder = builder.with_certificate_chain(pem);
         }
         // Building is local (no shared connection manager yet), so cancelling it is safe.
         let client = match tokio::time::timeout(options.connect_timeout, builder.build()).await {
@@ -118,10 +127,22 @@ impl PulsarBroker {
                 ))))
             }
             Ok(Err(e)) => {
+                // The crate hides TLS and authentication failures behind one opaque error:
+                // find the cause by repeating the handshake once (see `diagnose`).
+                if diagnose::is_opaque(&e) {
+                    if let Some(cause) =
+                        diagnose::diagnose(url, &options, options.connect_timeout).await
+                    {
+                        return Err(ConnectError::Broker(BrokerError::new(
+                            cause.kind(),
+                            format!("connecting to {url}: {}", cause.message()),
+                        )));
+                    }
+                }
                 return Err(ConnectError::Broker(broker_error(
                     &format!("connecting to {url}"),
                     &e,
-                )))
+                )));
             }
             Ok(Ok(client)) => client,
         };

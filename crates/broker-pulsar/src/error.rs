@@ -3,9 +3,12 @@
 //!
 //! The rule: whatever means "the broker could not be reached or answered in time" becomes
 //! [`ErrorKind::Connection`] or [`ErrorKind::Timeout`] (retried, and counted by circuit
-//! breakers); what the broker refused for good (quota, permissions, busy exclusive
-//! subscription, fenced producer, too large) becomes [`ErrorKind::Rejected`]; broken
-//! configuration becomes [`ErrorKind::Fatal`].
+//! breakers); what the broker refused for good (quota, busy exclusive subscription, fenced
+//! producer, too large) becomes [`ErrorKind::Rejected`]; failed authentication or
+//! authorization (a wrong or expired token, no permission, a server certificate that does not
+//! verify against the trusted CAs or not for the host name) becomes [`ErrorKind::Auth`];
+//! broken configuration becomes [`ErrorKind::Fatal`]. Rejected, Auth and Fatal are permanent
+//! and never counted by a breaker.
 
 use std::io;
 
@@ -84,24 +87,43 @@ pub fn connection_kind(error: &ConnectionError) -> ErrorKind {
         // A message that cannot be encoded will not encode next time either.
         ConnectionError::Encoding(_) => ErrorKind::Rejected,
         ConnectionError::Authentication(e) => authentication_kind(e),
-        // TLS and host name problems are configuration, not weather.
-        ConnectionError::Tls(_) | ConnectionError::DnsName(_) | ConnectionError::NotFound => {
-            ErrorKind::Fatal
-        }
+        ConnectionError::Tls(e) => tls_kind(e),
+        // Host name problems are configuration, not weather.
+        ConnectionError::DnsName(_) | ConnectionError::NotFound => ErrorKind::Fatal,
     }
 }
 
 fn io_kind(error: &io::Error) -> ErrorKind {
+    // The TLS handshake's errors come wrapped in an io::Error.
+    if let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return tls_kind(tls);
+    }
     match error.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
         _ => ErrorKind::Connection,
     }
 }
 
+/// A TLS failure: the peer could not be authenticated (its certificate did not verify, is not
+/// valid for the host name, or it refused ours) is [`ErrorKind::Auth`]; anything else
+/// (protocol mismatch, e.g. TLS to a plaintext port) is configuration, [`ErrorKind::Fatal`].
+pub(crate) fn tls_kind(error: &rustls::Error) -> ErrorKind {
+    match error {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::AlertReceived(_)
+        | rustls::Error::InvalidCertRevocationList(_) => ErrorKind::Auth,
+        _ => ErrorKind::Fatal,
+    }
+}
+
 fn authentication_kind(error: &AuthenticationError) -> ErrorKind {
     match error {
         AuthenticationError::Retriable(_) => ErrorKind::Connection,
-        AuthenticationError::Custom(_) => ErrorKind::Rejected,
+        AuthenticationError::Custom(_) => ErrorKind::Auth,
     }
 }
 
@@ -164,10 +186,10 @@ pub fn server_kind(error: ServerError) -> ErrorKind {
         E::TooManyRequests => ErrorKind::Timeout,
         E::InvalidTopicName => ErrorKind::Invalid,
         E::UnsupportedVersionError => ErrorKind::Fatal,
-        // Refused: quota, permissions, exclusivity, a topic or subscription that is not there.
-        E::AuthenticationError
-        | E::AuthorizationError
-        | E::ConsumerBusy
+        // Wrong or expired credentials, no permission: not an outage, never retried.
+        E::AuthenticationError | E::AuthorizationError => ErrorKind::Auth,
+        // Refused: quota, exclusivity, a topic or subscription that is not there.
+        E::ConsumerBusy
         | E::ProducerBusy
         | E::ProducerBlockedQuotaExceededError
         | E::ProducerBlockedQuotaExceededException
@@ -285,8 +307,6 @@ mod tests {
         for server in [
             ServerError::ProducerBlockedQuotaExceededError,
             ServerError::ProducerBlockedQuotaExceededException,
-            ServerError::AuthorizationError,
-            ServerError::AuthenticationError,
             ServerError::ConsumerBusy,
             ServerError::ProducerFenced,
             ServerError::TopicTerminatedError,
@@ -305,6 +325,47 @@ mod tests {
         assert_eq!(
             server_kind(ServerError::InvalidTopicName),
             ErrorKind::Invalid
+        );
+    }
+
+    #[test]
+    fn auth_failures_are_auth_and_never_transient() {
+        let cases = [
+            conn(ConnectionError::PulsarError(
+                Some(ServerError::AuthenticationError),
+                Some("bad token".into()),
+            )),
+            conn(ConnectionError::PulsarError(
+                Some(ServerError::AuthorizationError),
+                None,
+            )),
+            pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Query(
+                Some(ServerError::AuthorizationError),
+                None,
+            )),
+            conn(ConnectionError::Authentication(
+                AuthenticationError::Custom("no token file".into()),
+            )),
+            conn(ConnectionError::Tls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ))),
+            conn(ConnectionError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
+            ))),
+        ];
+        for e in &cases {
+            assert_eq!(error_kind(e), ErrorKind::Auth, "{e}");
+            assert!(!error_kind(e).is_retryable());
+            assert!(!backstop_engine::core::KindSet::EXPECTED.contains(error_kind(e)));
+            assert!(!is_transient_answer(e));
+        }
+        assert_eq!(
+            error_kind(&conn(ConnectionError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                rustls::Error::General("x".into()),
+            )))),
+            ErrorKind::Fatal
         );
     }
 

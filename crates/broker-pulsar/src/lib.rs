@@ -83,6 +83,8 @@
 //! | `id` | [`PulsarMessageId`] ⇄ [`MessageId`](backstop_engine::broker::MessageId) bytes |
 //! | `error` | pulsar errors → [`ErrorKind`] |
 //! | `options` | [`PulsarOptions`] and their validation |
+//! | `diagnose` | names the cause when the crate reports an opaque connect failure |
+//! | `auth` | [`TokenSource`]: token authentication from a string, file or environment variable |
 //! | `dlq` | Java-compatible dead-letter properties |
 //! | `nodelay` | `TCP_NODELAY` on the crate's broker connections |
 //!
@@ -95,7 +97,9 @@
 //! [`ErrorKind::Rejected`]: backstop_engine::core::ErrorKind::Rejected
 #![warn(missing_docs)]
 
+mod auth;
 mod client;
+mod diagnose;
 mod dlq;
 mod error;
 mod health;
@@ -106,6 +110,7 @@ mod producer;
 mod subscription;
 mod tracking;
 
+pub use auth::TokenSource;
 pub use client::PulsarBroker;
 pub use dlq::{
     dead_letter_message, dlq_properties, java_origin_message_id, origin_message_id,

@@ -1,6 +1,9 @@
 //! The adapter's settings, their defaults and their validation.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::auth::TokenSource;
 
 /// Where a new subscription starts reading. Only matters the first time a subscription name is
 /// used on a topic; afterwards the broker remembers its position.
@@ -60,9 +63,20 @@ pub struct PulsarOptions {
     /// Where a new subscription starts. Default [`InitialPosition::Latest`].
     pub initial_position: InitialPosition,
     /// A JWT for token authentication (`authenticationToken`), if the broker wants one.
+    /// At most one of `auth_token`, `auth_token_file` and `auth_token_env` may be set.
     pub auth_token: Option<String>,
+    /// A file holding the JWT, read on connect and again whenever the client authenticates
+    /// (each new broker connection, and the broker's challenge when the token it holds
+    /// expires): a token rotated in the file is used without a restart.
+    pub auth_token_file: Option<PathBuf>,
+    /// An environment variable holding the JWT, read like [`PulsarOptions::auth_token_file`].
+    pub auth_token_env: Option<String>,
     /// PEM certificates to trust for `pulsar+ssl://` URLs, in addition to the web PKI roots.
+    /// The broker's host name is always verified against its certificate.
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// A PEM file of certificates to trust, read on connect (added to
+    /// [`PulsarOptions::tls_ca_pem`]).
+    pub tls_ca_file: Option<PathBuf>,
     /// Turn Nagle's algorithm off (`TCP_NODELAY`) on the broker connections, as the Java client
     /// does; the pulsar crate leaves it on, which delays an ack or a publish written right after
     /// another small write by the broker's delayed TCP acknowledgement (about 40 ms). Linux only
@@ -87,7 +101,10 @@ impl std::fmt::Debug for PulsarOptions {
                 "auth_token",
                 &self.auth_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("auth_token_file", &self.auth_token_file)
+            .field("auth_token_env", &self.auth_token_env)
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()))
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("tcp_nodelay", &self.tcp_nodelay)
             .finish()
     }
@@ -106,7 +123,10 @@ impl Default for PulsarOptions {
             max_message_size: 5 * 1024 * 1024,
             initial_position: InitialPosition::Latest,
             auth_token: None,
+            auth_token_file: None,
+            auth_token_env: None,
             tls_ca_pem: None,
+            tls_ca_file: None,
             tcp_nodelay: true,
         }
     }
@@ -129,6 +149,16 @@ pub enum ConfigError {
         /// The maximum.
         max: Duration,
     },
+    /// More than one of `auth_token`, `auth_token_file`, `auth_token_env` is set.
+    #[error("set only one of `auth_token`, `auth_token_file` and `auth_token_env`")]
+    ConflictingAuth,
+    /// The token could not be read (missing file or variable, empty). Names where it was
+    /// looked for, never the token.
+    #[error("auth token: {0}")]
+    Token(String),
+    /// The trusted certificates could not be read or hold no PEM certificate.
+    #[error("TLS trust certificates: {0}")]
+    TlsCa(String),
     /// The service URL is not `pulsar://host[:port]` or `pulsar+ssl://host[:port]`.
     #[error("invalid Pulsar service URL `{url}`: {reason}")]
     InvalidUrl {
@@ -186,10 +216,63 @@ impl PulsarOptions {
         self.auth_token = Some(token.into());
         self
     }
+    /// Sets [`PulsarOptions::auth_token_file`].
+    pub fn with_auth_token_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.auth_token_file = Some(path.into());
+        self
+    }
+    /// Sets [`PulsarOptions::auth_token_env`].
+    pub fn with_auth_token_env(mut self, var: impl Into<String>) -> Self {
+        self.auth_token_env = Some(var.into());
+        self
+    }
     /// Sets [`PulsarOptions::tls_ca_pem`].
     pub fn with_tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_ca_pem = Some(pem.into());
         self
+    }
+    /// Sets [`PulsarOptions::tls_ca_file`].
+    pub fn with_tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// Where the auth token comes from, if one is configured.
+    pub fn token_source(&self) -> Option<TokenSource> {
+        if let Some(t) = &self.auth_token {
+            Some(TokenSource::Static(t.clone()))
+        } else if let Some(p) = &self.auth_token_file {
+            Some(TokenSource::File(p.clone()))
+        } else {
+            self.auth_token_env.clone().map(TokenSource::Env)
+        }
+    }
+
+    /// Every trusted certificate (PEM): [`PulsarOptions::tls_ca_pem`] and the contents of
+    /// [`PulsarOptions::tls_ca_file`]; `None` when neither is set.
+    pub fn trusted_ca_pem(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let mut pem = self.tls_ca_pem.clone();
+        if let Some(path) = &self.tls_ca_file {
+            let file = std::fs::read(path).map_err(|e| {
+                ConfigError::TlsCa(format!("cannot read `{}`: {e}", path.display()))
+            })?;
+            let all = pem.get_or_insert_with(Vec::new);
+            if !all.is_empty() {
+                all.push(b'\n');
+            }
+            all.extend_from_slice(&file);
+        }
+        if let Some(p) = &pem {
+            let has_cert = p
+                .windows(b"-----BEGIN CERTIFICATE-----".len())
+                .any(|w| w == b"-----BEGIN CERTIFICATE-----");
+            if !has_cert {
+                return Err(ConfigError::TlsCa(
+                    "no PEM certificate (-----BEGIN CERTIFICATE-----) found".to_string(),
+                ));
+            }
+        }
+        Ok(pem)
     }
 
     /// Sets [`PulsarOptions::tcp_nodelay`].
@@ -223,6 +306,23 @@ impl PulsarOptions {
         }
         if self.max_message_size == 0 {
             return Err(ConfigError::Zero("max_message_size"));
+        }
+        let sources = [
+            self.auth_token.is_some(),
+            self.auth_token_file.is_some(),
+            self.auth_token_env.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(ConfigError::ConflictingAuth);
+        }
+        if self
+            .auth_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(ConfigError::Token(
+                "the configured auth token is empty".into(),
+            ));
         }
         Ok(())
     }
@@ -304,6 +404,31 @@ mod tests {
         ] {
             assert!(validate_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn one_token_source_at_most() {
+        let o = PulsarOptions::default()
+            .with_auth_token("a")
+            .with_auth_token_file("/x");
+        assert_eq!(o.validate(), Err(ConfigError::ConflictingAuth));
+        assert!(matches!(
+            PulsarOptions::default().with_auth_token(" ").validate(),
+            Err(ConfigError::Token(_))
+        ));
+        let o = PulsarOptions::default().with_auth_token_env("V");
+        assert_eq!(o.token_source(), Some(TokenSource::Env("V".into())));
+    }
+
+    #[test]
+    fn ca_file_is_checked() {
+        let o = PulsarOptions::default().with_tls_ca_file("/nonexistent/ca.pem");
+        assert!(
+            matches!(o.trusted_ca_pem(), Err(ConfigError::TlsCa(m)) if m.contains("/nonexistent/ca.pem"))
+        );
+        let o = PulsarOptions::default().with_tls_ca_pem("not a pem");
+        assert!(matches!(o.trusted_ca_pem(), Err(ConfigError::TlsCa(_))));
+        assert_eq!(PulsarOptions::default().trusted_ca_pem(), Ok(None));
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub(crate) fn string(args: &[Arg], name: &str) -> syn::Result<Option<(String, Sp
                         format!("`{name}` must not contain whitespace"),
                     ));
                 }
+                crate::topic::check(name, &v, s.span())?;
                 Ok(Some((v, s.span())))
             }
             other => Err(syn::Error::new_spanned(

@@ -9,6 +9,7 @@
 mod args;
 mod consumer;
 mod task;
+mod topic;
 
 use proc_macro::TokenStream;
 

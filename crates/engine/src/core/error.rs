@@ -26,11 +26,15 @@ pub enum ErrorKind {
     Panic,
     /// An unrecoverable error (misconfiguration, closed client).
     Fatal,
+    /// Authentication or authorization failed (bad or expired credentials, an untrusted
+    /// certificate, no permission): permanent, and never counted by a breaker — it is not an
+    /// outage, and retrying it would hide the real problem.
+    Auth,
 }
 
 impl ErrorKind {
     /// Every kind, in a fixed order (for metrics pre-registration and exhaustive tests).
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Connection,
         ErrorKind::Timeout,
         ErrorKind::Rejected,
@@ -39,10 +43,11 @@ impl ErrorKind {
         ErrorKind::Handler,
         ErrorKind::Panic,
         ErrorKind::Fatal,
+        ErrorKind::Auth,
     ];
 
     /// Whether another attempt may succeed: Connection, Timeout, Handler and Panic are retried;
-    /// Rejected, Decode, Invalid and Fatal are permanent.
+    /// Rejected, Decode, Invalid, Fatal and Auth are permanent.
     ///
     /// ```
     /// use backstop_engine::core::ErrorKind;
@@ -67,6 +72,7 @@ impl ErrorKind {
             ErrorKind::Handler => "handler",
             ErrorKind::Panic => "panic",
             ErrorKind::Fatal => "fatal",
+            ErrorKind::Auth => "auth",
         }
     }
 

@@ -7,6 +7,7 @@
 //! | [`time`](Time) | the driver-supplied clock value |
 //! | `error` | the error taxonomy ([`ErrorKind`]) and which kinds are retried |
 //! | `config_error` | the typed error for rejected settings |
+//! | `topic` | Pulsar's topic name grammar ([`topic_name_problem`]) |
 //! | `breaker` | the circuit breaker |
 //! | `retry` | attempts and delays |
 //! | `consumer` | one subscription's message lifecycle |
@@ -25,6 +26,7 @@ mod retry;
 mod slab;
 mod time;
 mod timers;
+mod topic;
 
 pub use breaker::{
     BreakerConfig, BreakerConfigBuilder, BreakerState, CircuitBreaker, ForcedState, Permit,
@@ -43,3 +45,4 @@ pub use producer::{
 pub use retry::{splitmix64, Backoff, RetryPolicy, RetryPolicyBuilder};
 pub use slab::Key;
 pub use time::Time;
+pub use topic::topic_name_problem;

@@ -450,7 +450,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                 record.subscription = Some(self.spec.subscription.clone());
                 record.origin_message_id = Some(slot.msg.id.to_string());
                 let record = record.with_payload(&slot.msg.payload);
-                let msg = record.to_message(Some(&slot.msg));
+                let msg = super::dlq_fit::fitted_message(record, Some(&slot.msg));
                 let dlq_topic = self.spec.dlq_topic.clone().unwrap_or_default();
                 let bs = self.bs.clone();
                 let done = done_tx.clone();

@@ -14,6 +14,7 @@
 //! | `server` | the `/metrics`, `/healthz` and `/readyz` HTTP endpoint |
 //! | `control` | operator control of a consumer (pause, force the breaker) and its operator series |
 //! | `dlq` | the dead-letter record |
+//! | `dlq_fit` | dead-letter records cut to the broker's size limit (length and SHA-256 kept) |
 //! | `error` | handler errors and task failures |
 //! | `clock` | tokio time as core time |
 
@@ -22,6 +23,7 @@ mod clock;
 mod consumer;
 mod control;
 mod dlq;
+mod dlq_fit;
 mod error;
 mod metrics;
 mod observer;
@@ -35,6 +37,9 @@ pub use clock::Clock;
 pub use consumer::{ConsumerHandle, ConsumerReport, StartError};
 pub use control::{ConsumerControl, ConsumerStopped};
 pub use dlq::DeadLetterRecord;
+pub use dlq_fit::{
+    fit_dead_letter, message_size, sha256_hex, DLQ_MESSAGE_LIMIT, PROPERTY_VALUE_LIMIT,
+};
 pub use error::{DeadLetter, FailureReason, HandlerError, TaskError, TaskFailure};
 pub use metrics::Metrics;
 pub use observer::Observer;

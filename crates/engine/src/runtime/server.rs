@@ -211,6 +211,16 @@ impl MetricsServer {
         Ok(MetricsServer { addr, task })
     }
 
+    /// Serves `GET /metrics` on [`DEFAULT_METRICS_ADDR`] (`127.0.0.1:9464`): loopback only.
+    /// Exposing metrics beyond the host is an explicit choice: [`MetricsServer::start`] with,
+    /// e.g., `0.0.0.0:9464`.
+    pub async fn start_default(metrics: Arc<Metrics>) -> std::io::Result<MetricsServer> {
+        let addr: SocketAddr = DEFAULT_METRICS_ADDR
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        MetricsServer::start(metrics, addr).await
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -17,7 +17,7 @@ fn check_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
             format!("`{topic}` contains whitespace or control characters"),
         ));
     }
-    Ok(())
+    crate::core::topic_name_problem(topic).map_or(Ok(()), |why| Err(ConfigError::new(setting, why)))
 }
 
 /// Rejects an invalid DLQ topic, or one equal to the topic it serves.

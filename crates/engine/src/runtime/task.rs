@@ -251,7 +251,8 @@ impl Task {
                     if let Some(p) = &payload {
                         record = record.with_payload(p);
                     }
-                    let r = self.send(&dlq_topic, record.to_message(None)).await;
+                    let msg = super::dlq_fit::fitted_message(record, None);
+                    let r = self.send(&dlq_topic, msg).await;
                     let r = match r {
                         Ok(id) => {
                             tracing::warn!(topic = %topic, dlq = %dlq_topic, id = %id, attempts = info.attempts, "task dead-lettered");
