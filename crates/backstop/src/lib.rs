@@ -43,11 +43,14 @@
 #![warn(missing_docs)]
 
 pub use backstop_engine::core::{BreakerConfig, BreakerState, ConfigError, ErrorKind, RetryPolicy};
+#[cfg(feature = "protobuf")]
+pub use backstop_engine::runtime::Protobuf;
 pub use backstop_engine::runtime::{
-    global, set_global, try_global, Backstop, BackstopBuilder, ConsumerHandle, ConsumerReport,
-    ConsumerSpec, DeadLetter, DeadLetterRecord, FailureReason, HandlerError, Metrics,
-    MetricsServer, Published, StartError, Task, TaskCache, TaskError, TaskFailure, TaskSpec,
-    DEFAULT_METRICS_ADDR,
+    classify, global, set_global, try_global, Backstop, BackstopBuilder, ClassifyFn, CodecError,
+    ConsumerHandle, ConsumerReport, ConsumerSpec, DeadLetter, DeadLetterRecord, Decoder, Delivery,
+    Encoder, FailureReason, HandlerError, Json, MessageOptions, Metrics, MetricsServer, Published,
+    Raw, ResultExt, ShutdownReport, StartError, Task, TaskCache, TaskError, TaskFailure, TaskSpec,
+    Text, DEFAULT_METRICS_ADDR,
 };
 pub use backstop_engine::{broker, core};
 pub use backstop_macros::{consumer, task};
@@ -55,6 +58,8 @@ pub use backstop_macros::{consumer, task};
 /// Re-exports the macros' expansions rely on. Not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(feature = "protobuf")]
+    pub use prost;
     pub use serde;
     pub use serde_json;
     pub use std::time::Duration;

@@ -8,6 +8,7 @@
 
 mod args;
 mod consumer;
+mod handler;
 mod task;
 
 use proc_macro::TokenStream;
