@@ -315,10 +315,15 @@ impl Task {
             match action {
                 ProducerAction::RunBody { attempt, .. } => {
                     let span = tracing::info_span!("backstop.task", topic = %topic, attempt);
-                    let r = run_guarded(body(&args), self.spec.body_timeout)
-                        .instrument(span)
-                        .await
-                        .map_err(|e| e.reclassified(classifier.as_ref().map(|c| c.get())));
+                    let run = run_guarded(body(&args), self.spec.body_timeout).instrument(span);
+                    let r = tokio::select! {
+                        r = run => r,
+                        _ = abort.wait_for(|a| *a) => {
+                            tracing::warn!(topic = %topic, "shutdown: task body abandoned, data returned to the caller");
+                            return Err(self.failure(FailureReason::ShuttingDown, attempt, dead_letter, args, payload));
+                        }
+                    };
+                    let r = r.map_err(|e| e.reclassified(classifier.as_ref().map(|c| c.get())));
                     let r = match r {
                         Ok(v) => match codec.encode(&v) {
                             Ok(bytes) => {
