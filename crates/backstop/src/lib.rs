@@ -92,6 +92,8 @@
 pub use backstop_engine::core::{BreakerConfig, BreakerState, ConfigError, ErrorKind, RetryPolicy};
 #[cfg(feature = "protobuf")]
 pub use backstop_engine::runtime::Protobuf;
+#[cfg(feature = "otel")]
+pub use backstop_engine::runtime::TRACEPARENT;
 pub use backstop_engine::runtime::{
     classify, global, set_global, try_global, Backstop, BackstopBuilder, ClassifyFn, CodecError,
     ConsumerHandle, ConsumerReport, ConsumerSpec, DeadLetter, DeadLetterRecord, Decoder, Delivery,

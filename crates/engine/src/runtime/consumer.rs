@@ -473,6 +473,8 @@ impl<M: Send + 'static> Driver<M> {
                     key = delivery.key().unwrap_or(""),
                     attempt,
                 );
+                #[cfg(feature = "otel")]
+                super::otel::continue_from(&span, delivery.properties());
                 let task = tokio::spawn(
                     async move {
                         let r = match value {

@@ -27,6 +27,8 @@ mod dlq;
 mod error;
 mod metrics;
 mod observer;
+#[cfg(feature = "otel")]
+mod otel;
 mod server;
 mod spec;
 mod task;
@@ -46,6 +48,8 @@ pub use error::{
 };
 pub use metrics::Metrics;
 pub use observer::Observer;
+#[cfg(feature = "otel")]
+pub use otel::TRACEPARENT;
 pub use server::{MetricsServer, DEFAULT_METRICS_ADDR};
 pub use spec::{ConsumerSpec, TaskSpec};
 pub use task::{MessageOptions, Published, Task};

@@ -352,7 +352,10 @@ impl Task {
                     self.lock().machine.handle_body_result(now, key, r);
                 }
                 ProducerAction::Publish { attempt, .. } => {
-                    let msg = message_options.to_message(payload.clone().unwrap_or_default());
+                    #[allow(unused_mut)]
+                    let mut msg = message_options.to_message(payload.clone().unwrap_or_default());
+                    #[cfg(feature = "otel")]
+                    super::otel::inject(&mut msg.properties);
                     let r = self.send(&topic, msg).await;
                     let r = match r {
                         Ok(id) => {
