@@ -352,13 +352,21 @@ impl Task {
                     self.lock().machine.handle_body_result(now, key, r);
                 }
                 ProducerAction::Publish { attempt, .. } => {
+                    let span = tracing::info_span!(
+                        "backstop.publish",
+                        topic = %topic,
+                        key = message_options.key.as_deref().unwrap_or(""),
+                        attempt,
+                        message_id = tracing::field::Empty,
+                    );
                     #[allow(unused_mut)]
                     let mut msg = message_options.to_message(payload.clone().unwrap_or_default());
                     #[cfg(feature = "otel")]
-                    super::otel::inject(&mut msg.properties);
-                    let r = self.send(&topic, msg).await;
+                    span.in_scope(|| super::otel::inject(&mut msg.properties));
+                    let r = self.send(&topic, msg).instrument(span.clone()).await;
                     let r = match r {
                         Ok(id) => {
+                            span.record("message_id", tracing::field::display(&id));
                             message_id = id;
                             Ok(())
                         }
