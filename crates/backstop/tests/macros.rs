@@ -99,4 +99,5 @@ async fn the_seed_example_works_through_the_macros() {
 fn bad_macro_arguments_are_compile_errors_pointing_at_the_argument() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");
+    t.pass("tests/ui-pass/*.rs");
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_engine::broker::{
-    BrokerError, MessageId, OutgoingMessage, ReceivedMessage, SubscriptionSpec, SubscriptionType,
+    BrokerError, MessageId, MessageMetadata, OutgoingMessage, ReceivedMessage, SubscriptionSpec,
+    SubscriptionType,
 };
 use backstop_engine::core::ErrorKind;
 use tokio::sync::Notify;
@@ -46,6 +47,38 @@ pub(crate) struct Stored {
     pub(crate) payload: Vec<u8>,
     pub(crate) key: Option<String>,
     pub(crate) properties: BTreeMap<String, String>,
+    pub(crate) ordering_key: Option<Vec<u8>>,
+    pub(crate) event_time_ms: Option<u64>,
+    /// Wall-clock time of the publish (ms since the Unix epoch).
+    pub(crate) publish_time_ms: u64,
+}
+
+impl Stored {
+    /// What a subscriber sees of this message, with `topic` and the log position.
+    fn delivery(
+        &self,
+        topic_index: u32,
+        seq: u64,
+        topic: &str,
+        redelivery_count: u32,
+    ) -> ReceivedMessage {
+        ReceivedMessage {
+            id: id::encode(topic_index, seq),
+            topic: topic.to_owned(),
+            payload: self.payload.clone(),
+            key: self.key.clone(),
+            properties: self.properties.clone(),
+            redelivery_count,
+            metadata: MessageMetadata {
+                // The Java form `ledger:entry:partition`: topic number, log position, no partition.
+                display_id: Some(format!("{topic_index}:{seq}:-1")),
+                partition: None,
+                ordering_key: self.ordering_key.clone(),
+                publish_time_ms: Some(self.publish_time_ms),
+                event_time_ms: self.event_time_ms,
+            },
+        }
+    }
 }
 
 /// A topic: its number (part of every message id), its append-only log and its subscriptions.
@@ -334,10 +367,16 @@ impl State {
     pub(crate) fn publish(&mut self, topic: &str, message: OutgoingMessage) -> MessageId {
         let t = self.topic_mut(topic);
         let seq = t.log.len() as u64;
+        let publish_time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         t.log.push(Stored {
             payload: message.payload,
             key: message.key,
             properties: message.properties,
+            ordering_key: message.ordering_key,
+            event_time_ms: message.event_time_ms,
+            publish_time_ms,
         });
         for sub in t.subs.values_mut() {
             sub.available.insert(seq);
@@ -467,14 +506,7 @@ impl State {
         }
         info.revoked.remove(&seq);
         let stored = &topic.log[seq as usize];
-        let message = ReceivedMessage {
-            id: id::encode(topic.index, seq),
-            topic: info.topic.clone(),
-            payload: stored.payload.clone(),
-            key: stored.key.clone(),
-            properties: stored.properties.clone(),
-            redelivery_count,
-        };
+        let message = stored.delivery(topic.index, seq, &info.topic, redelivery_count);
         self.counters.delivered += 1;
         if redelivery_count > 0 {
             self.counters.redelivered += 1;
@@ -687,14 +719,7 @@ impl State {
         t.log
             .iter()
             .enumerate()
-            .map(|(seq, m)| ReceivedMessage {
-                id: id::encode(t.index, seq as u64),
-                topic: topic.to_owned(),
-                payload: m.payload.clone(),
-                key: m.key.clone(),
-                properties: m.properties.clone(),
-                redelivery_count: 0,
-            })
+            .map(|(seq, m)| m.delivery(t.index, seq as u64, topic, 0))
             .collect()
     }
 }

@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::io;
 
 use backstop_engine::broker::{
-    BrokerError, MessageId, OutgoingMessage, ReceivedMessage, SubscriptionSpec, SubscriptionType,
+    BrokerError, MessageId, MessageMetadata, OutgoingMessage, ReceivedMessage, SubscriptionSpec,
+    SubscriptionType,
 };
 use backstop_engine::core::ErrorKind;
 use serde::{Deserialize, Serialize};
@@ -155,6 +156,10 @@ pub(crate) struct WireOutgoing {
     payload: Vec<u8>,
     key: Option<String>,
     properties: BTreeMap<String, String>,
+    #[serde(default)]
+    ordering_key: Option<Vec<u8>>,
+    #[serde(default)]
+    event_time_ms: Option<u64>,
 }
 
 impl From<OutgoingMessage> for WireOutgoing {
@@ -163,6 +168,8 @@ impl From<OutgoingMessage> for WireOutgoing {
             payload: m.payload,
             key: m.key,
             properties: m.properties,
+            ordering_key: m.ordering_key,
+            event_time_ms: m.event_time_ms,
         }
     }
 }
@@ -173,8 +180,20 @@ impl From<WireOutgoing> for OutgoingMessage {
             payload: m.payload,
             key: m.key,
             properties: m.properties,
+            ordering_key: m.ordering_key,
+            event_time_ms: m.event_time_ms,
         }
     }
+}
+
+/// [`MessageMetadata`] on the wire.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct WireMetadata {
+    display_id: Option<String>,
+    partition: Option<i32>,
+    ordering_key: Option<Vec<u8>>,
+    publish_time_ms: Option<u64>,
+    event_time_ms: Option<u64>,
 }
 
 /// [`ReceivedMessage`] on the wire.
@@ -188,6 +207,8 @@ pub(crate) struct WireReceived {
     key: Option<String>,
     properties: BTreeMap<String, String>,
     redelivery_count: u32,
+    #[serde(default)]
+    metadata: WireMetadata,
 }
 
 impl From<ReceivedMessage> for WireReceived {
@@ -199,6 +220,13 @@ impl From<ReceivedMessage> for WireReceived {
             key: m.key,
             properties: m.properties,
             redelivery_count: m.redelivery_count,
+            metadata: WireMetadata {
+                display_id: m.metadata.display_id,
+                partition: m.metadata.partition,
+                ordering_key: m.metadata.ordering_key,
+                publish_time_ms: m.metadata.publish_time_ms,
+                event_time_ms: m.metadata.event_time_ms,
+            },
         }
     }
 }
@@ -212,6 +240,13 @@ impl From<WireReceived> for ReceivedMessage {
             key: m.key,
             properties: m.properties,
             redelivery_count: m.redelivery_count,
+            metadata: MessageMetadata {
+                display_id: m.metadata.display_id,
+                partition: m.metadata.partition,
+                ordering_key: m.metadata.ordering_key,
+                publish_time_ms: m.metadata.publish_time_ms,
+                event_time_ms: m.metadata.event_time_ms,
+            },
         }
     }
 }
@@ -337,6 +372,13 @@ mod tests {
             key: Some("k".into()),
             properties: [("a".to_string(), "b".to_string())].into(),
             redelivery_count: 2,
+            metadata: MessageMetadata {
+                display_id: Some("0:1:-1".into()),
+                partition: None,
+                ordering_key: Some(vec![1, 2]),
+                publish_time_ms: Some(1_700_000_000_000),
+                event_time_ms: Some(1_600_000_000_000),
+            },
         };
         let frame = encode(&Response {
             id: 7,

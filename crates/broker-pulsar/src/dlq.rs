@@ -47,6 +47,7 @@ pub fn origin_message_id(id: &MessageId) -> String {
 ///     key: None,
 ///     properties: [("trace".to_string(), "t1".to_string())].into(),
 ///     redelivery_count: 2,
+///     metadata: Default::default(),
 /// };
 /// let p = dlq_properties(&origin);
 /// assert_eq!(p["REAL_TOPIC"], "user_updates");
@@ -76,6 +77,8 @@ pub fn dead_letter_message(origin: &ReceivedMessage) -> OutgoingMessage {
         payload: origin.payload.clone(),
         key: origin.key.clone(),
         properties: dlq_properties(origin),
+        ordering_key: origin.metadata.ordering_key.clone(),
+        event_time_ms: origin.metadata.event_time_ms,
     }
 }
 

@@ -242,7 +242,7 @@ pub(crate) fn is_transient_answer(error: &pulsar::Error) -> bool {
 /// Whether the error says the connection (or the object on it) is gone, so that a cached
 /// producer or consumer should be dropped and built anew.
 pub(crate) fn needs_rebuild(kind: ErrorKind) -> bool {
-    matches!(kind, ErrorKind::Connection | ErrorKind::Timeout)
+    kind.is_transient()
 }
 
 #[cfg(test)]

@@ -285,6 +285,8 @@ fn to_pulsar(message: OutgoingMessage) -> Message {
         payload: message.payload,
         properties: properties.into_iter().collect(),
         partition_key: message.key,
+        ordering_key: message.ordering_key,
+        event_time: message.event_time_ms,
         ..Default::default()
     }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backstop_engine::broker::{
-    BrokerError, MessageId, ReceivedMessage, Subscription, SubscriptionSpec, SubscriptionType,
+    BrokerError, MessageId, MessageMetadata, ReceivedMessage, Subscription, SubscriptionSpec,
+    SubscriptionType,
 };
 use backstop_engine::core::ErrorKind;
 use futures::{FutureExt, StreamExt};
@@ -534,6 +535,8 @@ impl ConsumerTask {
             .into_iter()
             .map(|kv| (kv.key, kv.value))
             .collect();
+        // Zero means "not set" in Pulsar's metadata.
+        let event_time_ms = metadata.event_time.filter(|t| *t > 0);
         Some(ReceivedMessage {
             id: id.to_message_id(),
             topic: self.spec.topic.clone(),
@@ -541,6 +544,13 @@ impl ConsumerTask {
             key: metadata.partition_key,
             properties,
             redelivery_count,
+            metadata: MessageMetadata {
+                display_id: Some(id.to_string()),
+                partition: (partition >= 0).then_some(partition),
+                ordering_key: metadata.ordering_key,
+                publish_time_ms: Some(metadata.publish_time),
+                event_time_ms,
+            },
         })
     }
 

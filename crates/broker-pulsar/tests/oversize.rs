@@ -132,6 +132,7 @@ async fn a_dlq_record_over_the_limit_is_published_cut_and_the_message_acked() {
             payload: payload.clone(),
             key: Some("k".into()),
             properties,
+            ..Default::default()
         })
         .await
         .unwrap();

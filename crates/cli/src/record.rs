@@ -164,6 +164,7 @@ impl DlqRecord {
             payload: self.payload.clone(),
             key: self.key.clone(),
             properties,
+            ..Default::default()
         }
     }
 
@@ -179,6 +180,8 @@ impl DlqRecord {
             payload: m.payload.clone(),
             key: m.key.clone(),
             properties,
+            ordering_key: m.metadata.ordering_key.clone(),
+            event_time_ms: m.metadata.event_time_ms,
         }
     }
 
@@ -209,6 +212,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             redelivery_count: 0,
+            metadata: Default::default(),
         }
     }
 

@@ -765,7 +765,7 @@ async fn connection_loss(env: &Env, f: &Features) -> Check {
     let held = recv(&*sub, f.timeout, "the message sent before the break").await?;
 
     faults.break_connection().await;
-    let is_transient = |k: ErrorKind| matches!(k, ErrorKind::Connection | ErrorKind::Timeout);
+    let is_transient = ErrorKind::is_transient;
     // Sends fail (some may still slip through while the break takes effect: they count).
     let mut sent = vec![b"before".to_vec()];
     let deadline = Instant::now() + f.timeout;

@@ -79,10 +79,16 @@ impl fmt::Display for MessageId {
 pub struct OutgoingMessage {
     /// The body.
     pub payload: Vec<u8>,
-    /// Partition / ordering key.
+    /// Partition / routing key (Pulsar's partition key: picks the partition and, on a
+    /// Key_Shared subscription, the consumer, unless an ordering key is set).
     pub key: Option<String>,
     /// String properties (Pulsar message properties).
     pub properties: BTreeMap<String, String>,
+    /// Pulsar's ordering key: on a Key_Shared subscription, takes precedence over
+    /// [`key`](Self::key) for choosing the consumer.
+    pub ordering_key: Option<Vec<u8>>,
+    /// The application's event time, in milliseconds since the Unix epoch.
+    pub event_time_ms: Option<u64>,
 }
 
 impl OutgoingMessage {
@@ -103,6 +109,33 @@ impl OutgoingMessage {
         self.key = Some(key.into());
         self
     }
+    /// Sets the ordering key.
+    pub fn with_ordering_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
+    /// Sets the event time (ms since the Unix epoch).
+    pub fn with_event_time_ms(mut self, ms: u64) -> Self {
+        self.event_time_ms = Some(ms);
+        self
+    }
+}
+
+/// What a broker tells about a delivery beyond its id, key, properties and redelivery count.
+/// Every field is optional: an adapter fills what its broker knows.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MessageMetadata {
+    /// The message id in the broker's own notation (Pulsar: the Java client's
+    /// `ledger:entry:partition[:batch]`); `None` when the adapter has none.
+    pub display_id: Option<String>,
+    /// The partition index the message came from (`None` for a non-partitioned topic).
+    pub partition: Option<i32>,
+    /// The ordering key set by the publisher.
+    pub ordering_key: Option<Vec<u8>>,
+    /// When the broker accepted the message, in milliseconds since the Unix epoch.
+    pub publish_time_ms: Option<u64>,
+    /// The event time set by the publisher, in milliseconds since the Unix epoch.
+    pub event_time_ms: Option<u64>,
 }
 
 /// A message delivered to a subscription.
@@ -120,6 +153,8 @@ pub struct ReceivedMessage {
     pub properties: BTreeMap<String, String>,
     /// How many times the broker delivered it before (0 on first delivery), where known.
     pub redelivery_count: u32,
+    /// Everything else the broker tells about it.
+    pub metadata: MessageMetadata,
 }
 
 /// Pulsar's subscription types. Shared is the default.

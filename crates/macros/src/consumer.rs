@@ -2,7 +2,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
-use syn::{FnArg, ItemFn};
+use syn::ItemFn;
 
 use crate::args;
 
@@ -15,6 +15,8 @@ const ALLOWED: &[&str] = &[
     "dlq_topic",
     "subscription_type",
     "shutdown_grace",
+    "handler_timeout",
+    "codec",
 ];
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
@@ -26,6 +28,15 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let max_retries = args::uint(&args, "max_retries", 0, 1000)?;
     let retry_delay = args::duration(&args, "retry_delay")?;
     let grace = args::duration(&args, "shutdown_grace")?;
+    let handler_timeout = args::duration(&args, "handler_timeout")?;
+    if handler_timeout == Some(0) {
+        let a = args::find(&args, "handler_timeout").expect("present");
+        return Err(syn::Error::new_spanned(
+            &a.lit,
+            "`handler_timeout` must be greater than zero",
+        ));
+    }
+    let codec_arg = args::string(&args, "codec")?;
     let dlq = args::string(&args, "dlq_topic")?;
     if let Some((d, span)) = &dlq {
         if *d == topic {
@@ -63,18 +74,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             "#[backstop::consumer] functions cannot be generic",
         ));
     }
-    if sig.inputs.len() != 1 {
-        return Err(syn::Error::new_spanned(
-            &sig.inputs,
-            "#[backstop::consumer] functions take exactly one argument: the decoded message",
-        ));
-    }
-    if let Some(FnArg::Receiver(r)) = sig.inputs.first() {
-        return Err(syn::Error::new_spanned(
-            r,
-            "#[backstop::consumer] cannot be a method; use a free function",
-        ));
-    }
+    let params = crate::handler::params(sig, "#[backstop::consumer]")?;
     let vis = &f.vis;
     let name = &sig.ident;
     let par = par.map(|n| quote!(.max_parallelism(#n)));
@@ -85,6 +85,32 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         grace.map(|n| quote!(.shutdown_grace(::backstop::__private::Duration::from_nanos(#n))));
     let dlq = dlq.map(|(d, _)| quote!(.dlq_topic(#d)));
     let kind = kind.map(|k| quote!(.subscription_type(::backstop::broker::SubscriptionType::#k)));
+    let timeout = handler_timeout
+        .map(|n| quote!(.handler_timeout(::backstop::__private::Duration::from_nanos(#n))));
+    let codec = crate::handler::codec(codec_arg, &params.message)?;
+    let msg_ty = &params.message;
+    let (state_param, state_prep, state_clone) = match &params.state {
+        None => (quote!(), quote!(), quote!()),
+        Some(ty) => (
+            quote!(, state: impl ::core::convert::Into<::std::sync::Arc<#ty>>),
+            quote!(let __state: ::std::sync::Arc<#ty> = state.into();),
+            quote!(let __state = ::std::sync::Arc::clone(&__state);),
+        ),
+    };
+    let extra_args: Vec<TokenStream> = params
+        .order
+        .iter()
+        .map(|is_delivery| match (is_delivery, params.delivery) {
+            (true, Some(true)) => quote!(&__delivery),
+            (true, _) => quote!(::core::clone::Clone::clone(&__delivery)),
+            (false, _) => quote!(&*__state),
+        })
+        .collect();
+    let start_doc = if params.state.is_some() {
+        "Subscribes in context `bs` and runs the handler with `state` (shared by every run) until the handle is shut down."
+    } else {
+        "Subscribes in context `bs` and runs the handler until the handle is shut down."
+    };
     let doc =
         format!("Settings and start-up of the `{name}` consumer (`{topic}` / `{subscription}`).");
     Ok(quote! {
@@ -98,12 +124,19 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             /// The consumer's validated settings.
             pub fn spec() -> ::core::result::Result<::backstop::ConsumerSpec, ::backstop::ConfigError> {
-                ::backstop::ConsumerSpec::new(#topic, #subscription) #kind #par #retries #delay #dlq #grace .build()
+                ::backstop::ConsumerSpec::new(#topic, #subscription) #kind #par #retries #delay #dlq #grace #timeout .build()
             }
 
-            /// Subscribes in context `bs` and runs the handler until the handle is shut down.
-            pub async fn start(bs: &::backstop::Backstop) -> ::core::result::Result<::backstop::ConsumerHandle, ::backstop::StartError> {
-                bs.spawn_consumer(spec()?, super::#name).await
+            #[doc = #start_doc]
+            pub async fn start(bs: &::backstop::Backstop #state_param) -> ::core::result::Result<::backstop::ConsumerHandle, ::backstop::StartError> {
+                #state_prep
+                bs.spawn_consumer_using(spec()?, #codec, move |__msg: #msg_ty, __delivery: ::backstop::Delivery| {
+                    #state_clone
+                    async move {
+                        let _ = &__delivery;
+                        super::#name(__msg #(, #extra_args)*).await
+                    }
+                }).await
             }
         }
     })

@@ -8,6 +8,7 @@
 
 mod args;
 mod consumer;
+mod handler;
 mod task;
 mod topic;
 
@@ -16,11 +17,20 @@ use proc_macro::TokenStream;
 /// Turns an `async fn(args..) -> Result<T, TaskError>` into a producer task.
 ///
 /// The function keeps its name and arguments; calling it runs the body with retries and publishes
-/// the `Ok` value as JSON to `topic`, returning `Result<Published<T>, TaskFailure<name::Args>>`.
-/// A module of the same name holds `spec()`, `Args` and `call_with(&Backstop, ..)`.
+/// the `Ok` value to `topic` in the installed context, returning
+/// `Result<Published<T>, TaskFailure<name::Args>>` (without an installed context: a
+/// `FailureReason::NoContext` failure with the arguments, never a panic). A module of the same
+/// name holds `spec()`, `Args`, `task(&Backstop)` and `call_with(&Backstop, ..)`.
+///
+/// Arguments of reference type (`client: &Client`) are state: passed to the body on every
+/// attempt, not part of `Args` (so not serialized into dead-letter records).
 ///
 /// Arguments: `topic` (required), `max_retries` (default 3), `retry_delay` (default `"5s"`),
-/// `dlq_topic`, `send_timeout` (default `"10s"`).
+/// `dlq_topic`, `send_timeout` (default `"10s"`), `body_timeout` (off by default: a run past it
+/// is cancelled and is a Timeout attempt), `key` and `ordering_key` (the name of an argument or
+/// of a field of the returned value, published as the message key / ordering key), `codec`
+/// (`"json"` default, `"bytes"`, `"string"`, `"protobuf"`; by default `Vec<u8>`/`Bytes` results
+/// are published raw and `String` results as text).
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     task::expand(attr.into(), item.into())
@@ -30,14 +40,20 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Marks an `async fn(message: M) -> Result<(), HandlerError>` as a consumer of `topic`.
 ///
-/// The function stays callable as it is; a module of the same name holds `spec()` and
-/// `start(&Backstop)`, which subscribes and runs it with bounded parallelism, retries, DLQ and a
+/// After the message the function may take, in any order, `delivery: &Delivery` (or
+/// `Delivery`: key, properties, message id, redelivery count, attempt, times) and
+/// `state: &S` (application state). It stays callable as it is; a module of the same name holds
+/// `spec()` and `start(&Backstop)` — `start(&Backstop, state)` with a state argument, taking `S`
+/// or `Arc<S>` — which subscribes and runs it with bounded parallelism, retries, DLQ and a
 /// circuit breaker.
 ///
 /// Arguments: `topic` and `subscription` (required), `max_parallelism` (default 1),
 /// `max_retries` (default 3), `retry_delay` (default `"5s"`), `dlq_topic`, `subscription_type`
 /// (`"shared"`, `"exclusive"`, `"failover"`, `"key_shared"`; default shared),
-/// `shutdown_grace` (default `"30s"`).
+/// `shutdown_grace` (default `"30s"`), `handler_timeout` (off by default: a run past it is
+/// cancelled, its slot freed, and it is a Timeout attempt), `codec` (`"json"` default,
+/// `"bytes"`, `"string"`, `"protobuf"`; by default `Vec<u8>`/`Bytes` messages are raw and
+/// `String` messages UTF-8 text).
 #[proc_macro_attribute]
 pub fn consumer(attr: TokenStream, item: TokenStream) -> TokenStream {
     consumer::expand(attr.into(), item.into())

@@ -12,6 +12,10 @@ const ALLOWED: &[&str] = &[
     "retry_delay",
     "dlq_topic",
     "send_timeout",
+    "body_timeout",
+    "key",
+    "ordering_key",
+    "codec",
 ];
 
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
@@ -28,6 +32,17 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             "`send_timeout` must be greater than zero",
         ));
     }
+    let body_timeout = args::duration(&args, "body_timeout")?;
+    if body_timeout == Some(0) {
+        let a = args::find(&args, "body_timeout").expect("present");
+        return Err(syn::Error::new_spanned(
+            &a.lit,
+            "`body_timeout` must be greater than zero",
+        ));
+    }
+    let key = args::string(&args, "key")?;
+    let ordering_key = args::string(&args, "ordering_key")?;
+    let codec_arg = args::string(&args, "codec")?;
     let dlq = args::string(&args, "dlq_topic")?;
     if let Some((d, span)) = &dlq {
         if *d == topic {
@@ -66,6 +81,9 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     };
     let mut names = Vec::new();
     let mut types = Vec::new();
+    // Every parameter in order: (name, type, is_state). `&T` parameters are state: passed
+    // through, not serialized into `Args`.
+    let mut all: Vec<(syn::Ident, syn::Type, bool)> = Vec::new();
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(r) => {
@@ -76,8 +94,20 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
             FnArg::Typed(pt) => match &*pt.pat {
                 Pat::Ident(pi) => {
-                    names.push(pi.ident.clone());
-                    types.push((*pt.ty).clone());
+                    let is_state = matches!(&*pt.ty, syn::Type::Reference(_));
+                    if let syn::Type::Reference(r) = &*pt.ty {
+                        if r.mutability.is_some() {
+                            return Err(syn::Error::new_spanned(
+                                &pt.ty,
+                                "task state is shared: take `&State`, not `&mut State`",
+                            ));
+                        }
+                    }
+                    all.push((pi.ident.clone(), (*pt.ty).clone(), is_state));
+                    if !is_state {
+                        names.push(pi.ident.clone());
+                        types.push((*pt.ty).clone());
+                    }
                 }
                 other => {
                     return Err(syn::Error::new_spanned(
@@ -101,6 +131,31 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let timeout = send_timeout
         .map(|n| quote!(.send_timeout(::backstop::__private::Duration::from_nanos(#n))));
     let dlq = dlq.map(|(d, _)| quote!(.dlq_topic(#d)));
+    let body_timeout = body_timeout
+        .map(|n| quote!(.body_timeout(::backstop::__private::Duration::from_nanos(#n))));
+    let codec = crate::handler::codec(codec_arg, &ok_ty)?;
+    let key_of = |field: &(String, proc_macro2::Span)| {
+        let ident = syn::Ident::new(&field.0, field.1);
+        if names.iter().any(|n| *n == field.0) {
+            quote!(::std::string::ToString::to_string(&__a.#ident))
+        } else {
+            quote!(::std::string::ToString::to_string(&__v.#ident))
+        }
+    };
+    let key_opt = key.as_ref().map(|k| {
+        let e = key_of(k);
+        quote!(.key(#e))
+    });
+    let ordering_opt = ordering_key.as_ref().map(|k| {
+        let e = key_of(k);
+        quote!(.ordering_key(::std::string::String::into_bytes(#e)))
+    });
+    let all_params: Vec<TokenStream> = all.iter().map(|(n, t, _)| quote!(#n: #t)).collect();
+    let all_names: Vec<&syn::Ident> = all.iter().map(|(n, _, _)| n).collect();
+    let body_args: Vec<TokenStream> = all
+        .iter()
+        .map(|(n, _, is_state)| if *is_state { quote!(#n) } else { quote!(a.#n) })
+        .collect();
     let doc = format!("Settings and helpers of the `{name}` task (publishes to `{topic}`).");
     Ok(quote! {
         #[doc(hidden)]
@@ -108,8 +163,16 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         async fn #body_fn(#inputs) #output #block
 
         #(#attrs)*
-        #vis async fn #name(#(#names: #types),*) -> ::core::result::Result<::backstop::Published<#ok_ty>, ::backstop::TaskFailure<#name::Args>> {
-            #name::call_with(&::backstop::global(), #(#names),*).await
+        ///
+        /// Runs in the installed context ([`Backstop::install`](::backstop::Backstop::install));
+        /// without one it fails with `FailureReason::NoContext` (the arguments come back).
+        #vis async fn #name(#(#all_params),*) -> ::core::result::Result<::backstop::Published<#ok_ty>, ::backstop::TaskFailure<#name::Args>> {
+            match ::backstop::try_global() {
+                ::core::option::Option::Some(bs) => #name::call_with(&bs, #(#all_names),*).await,
+                ::core::option::Option::None => ::core::result::Result::Err(
+                    ::backstop::TaskFailure::no_context(#topic, #name::Args { #(#names),* }),
+                ),
+            }
         }
 
         #[doc = #doc]
@@ -129,7 +192,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             /// The task's validated settings.
             pub fn spec() -> ::core::result::Result<::backstop::TaskSpec, ::backstop::ConfigError> {
-                ::backstop::TaskSpec::new(#topic) #retries #delay #dlq #timeout .build()
+                ::backstop::TaskSpec::new(#topic) #retries #delay #dlq #timeout #body_timeout .build()
             }
 
             /// The task bound to `bs` (one breaker per context, shared by every call).
@@ -138,16 +201,24 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             }
 
             /// Calls the task in context `bs`.
-            pub async fn call_with(bs: &::backstop::Backstop, #(#names: #types),*) -> ::core::result::Result<::backstop::Published<#ok_ty>, ::backstop::TaskFailure<Args>> {
+            pub async fn call_with(bs: &::backstop::Backstop, #(#all_params),*) -> ::core::result::Result<::backstop::Published<#ok_ty>, ::backstop::TaskFailure<Args>> {
                 let args = Args { #(#names),* };
                 let task = match task(bs) {
                     Ok(t) => t,
                     Err(e) => return Err(::backstop::TaskFailure::invalid_config(#topic, e, args)),
                 };
-                task.call(args, |a: &Args| {
-                    let a = ::core::clone::Clone::clone(a);
-                    super::#body_fn(#(a.#names),*)
-                }).await
+                task.call_using(
+                    args,
+                    #codec,
+                    |__a: &Args, __v: &#ok_ty| {
+                        let _ = (__a, __v);
+                        ::backstop::MessageOptions::new() #key_opt #ordering_opt
+                    },
+                    |a: &Args| {
+                        let a = ::core::clone::Clone::clone(a);
+                        super::#body_fn(#(#body_args),*)
+                    },
+                ).await
             }
         }
     })

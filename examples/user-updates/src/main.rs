@@ -42,6 +42,10 @@ pub struct Opts {
     /// Print the full /metrics text at the end.
     #[arg(long)]
     pub print_metrics: bool,
+    /// After the scripted phases keep consuming until SIGTERM or ctrl-c, then drain
+    /// (`Backstop::run_until_signal`).
+    #[arg(long)]
+    pub until_signal: bool,
 }
 
 #[tokio::main]

@@ -189,7 +189,17 @@ pub async fn run(opts: Opts) -> Result<Summary, Box<dyn std::error::Error>> {
     let _ = publishing.await;
     wait_drained(&tally, &dlq_seen, 2, Duration::from_secs(120)).await;
 
-    let report = consumer.shutdown().await;
+    // Whole-service shutdown: every consumer drains (in-flight handlers finish, the rest is
+    // nacked for redelivery) and task calls under way get the same deadline. With
+    // `--until-signal` the service keeps consuming until SIGTERM or ctrl-c first.
+    let drained = if opts.until_signal {
+        println!("\n== serving until SIGTERM or ctrl-c (then draining)");
+        bs.run_until_signal(Duration::from_secs(30)).await
+    } else {
+        bs.shutdown(Duration::from_secs(30)).await
+    };
+    println!("  shutdown: clean = {}", drained.is_clean());
+    let report = consumer.shutdown().await; // already stopped: hands back its report
     dlq_reader.abort();
     let metrics_text = fetch_metrics(server.addr()).await.unwrap_or_default();
 

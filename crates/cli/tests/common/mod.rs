@@ -127,6 +127,7 @@ pub fn backstop_record(
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         redelivery_count: 0,
+        metadata: Default::default(),
     };
     DeadLetterRecord {
         origin_topic: origin.into(),

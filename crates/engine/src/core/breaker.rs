@@ -62,7 +62,7 @@ impl Default for BreakerConfig {
             failure_threshold: 5,
             recovery_timeout: Duration::from_secs(30),
             half_open_probes: 1,
-            counted: KindSet::EXPECTED,
+            counted: KindSet::TRANSIENT,
         }
     }
 }

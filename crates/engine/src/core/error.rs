@@ -55,10 +55,53 @@ impl ErrorKind {
     /// assert!(!ErrorKind::Invalid.is_retryable());
     /// ```
     pub const fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Handler | ErrorKind::Panic
-        )
+        self.is_transient() || matches!(self, ErrorKind::Handler | ErrorKind::Panic)
+    }
+
+    /// Whether this kind is *transient*: an outage of the broker or of a downstream dependency
+    /// (Connection, Timeout) that passes by itself.
+    ///
+    /// This is the one place that decides it. Everything else follows from it: the kinds a
+    /// circuit breaker counts by default ([`KindSet::TRANSIENT`]), the producer and consumer
+    /// machines (through their breakers), the runtime's decisions to retry an ack or to drop a
+    /// cached producer, and the adapters' decisions to rebuild a connection.
+    ///
+    /// ```
+    /// use backstop_engine::core::ErrorKind;
+    /// assert!(ErrorKind::Connection.is_transient() && ErrorKind::Timeout.is_transient());
+    /// assert!(!ErrorKind::Handler.is_transient()); // retried, but not an outage
+    /// ```
+    pub const fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::Connection | ErrorKind::Timeout)
+    }
+
+    /// The kind of a [`std::io::Error`] of this [`std::io::ErrorKind`], when it is one of the
+    /// transient ones (the default classification table):
+    ///
+    /// | `std::io::ErrorKind` | kind |
+    /// |---|---|
+    /// | `ConnectionRefused`, `ConnectionReset`, `ConnectionAborted`, `NotConnected`, `BrokenPipe` | [`Connection`](ErrorKind::Connection) |
+    /// | `TimedOut` | [`Timeout`](ErrorKind::Timeout) |
+    /// | anything else | `None` (the caller decides; handlers default to [`Handler`](ErrorKind::Handler)) |
+    ///
+    /// ```
+    /// use backstop_engine::core::ErrorKind;
+    /// use std::io::ErrorKind as Io;
+    /// assert_eq!(ErrorKind::from_io(Io::ConnectionReset), Some(ErrorKind::Connection));
+    /// assert_eq!(ErrorKind::from_io(Io::TimedOut), Some(ErrorKind::Timeout));
+    /// assert_eq!(ErrorKind::from_io(Io::NotFound), None);
+    /// ```
+    pub fn from_io(kind: std::io::ErrorKind) -> Option<ErrorKind> {
+        use std::io::ErrorKind as Io;
+        match kind {
+            Io::ConnectionRefused
+            | Io::ConnectionReset
+            | Io::ConnectionAborted
+            | Io::NotConnected
+            | Io::BrokenPipe => Some(ErrorKind::Connection),
+            Io::TimedOut => Some(ErrorKind::Timeout),
+            _ => None,
+        }
     }
 
     /// The bounded label used in metrics and logs (`kind="timeout"`).
@@ -111,8 +154,21 @@ pub struct KindSet(u16);
 impl KindSet {
     /// The empty set.
     pub const EMPTY: KindSet = KindSet(0);
-    /// Connection and Timeout: the kinds a circuit breaker counts by default.
-    pub const EXPECTED: KindSet = KindSet(ErrorKind::Connection.bit() | ErrorKind::Timeout.bit());
+    /// The transient kinds ([`ErrorKind::is_transient`]: Connection and Timeout), derived from
+    /// that one function: the kinds a circuit breaker counts by default.
+    pub const TRANSIENT: KindSet = {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < ErrorKind::ALL.len() {
+            if ErrorKind::ALL[i].is_transient() {
+                bits |= ErrorKind::ALL[i].bit();
+            }
+            i += 1;
+        }
+        KindSet(bits)
+    };
+    /// The same set as [`KindSet::TRANSIENT`] (its older name).
+    pub const EXPECTED: KindSet = KindSet::TRANSIENT;
 
     /// A set holding `kinds`.
     pub fn of(kinds: &[ErrorKind]) -> KindSet {
@@ -170,6 +226,40 @@ mod tests {
                 ErrorKind::Panic
             ]
         );
+    }
+
+    #[test]
+    fn transient_kinds_are_connection_and_timeout_and_the_default_breaker_set() {
+        for k in ErrorKind::ALL {
+            let expected = matches!(k, ErrorKind::Connection | ErrorKind::Timeout);
+            assert_eq!(k.is_transient(), expected, "{k}");
+            assert_eq!(KindSet::TRANSIENT.contains(k), expected, "{k}");
+            assert!(
+                !k.is_transient() || k.is_retryable(),
+                "transient implies retryable"
+            );
+        }
+        assert_eq!(KindSet::default(), KindSet::TRANSIENT);
+    }
+
+    #[test]
+    fn io_table_row_by_row() {
+        use std::io::ErrorKind as Io;
+        let rows = [
+            (Io::ConnectionRefused, Some(ErrorKind::Connection)),
+            (Io::ConnectionReset, Some(ErrorKind::Connection)),
+            (Io::ConnectionAborted, Some(ErrorKind::Connection)),
+            (Io::NotConnected, Some(ErrorKind::Connection)),
+            (Io::BrokenPipe, Some(ErrorKind::Connection)),
+            (Io::TimedOut, Some(ErrorKind::Timeout)),
+            (Io::NotFound, None),
+            (Io::PermissionDenied, None),
+            (Io::InvalidData, None),
+            (Io::Other, None),
+        ];
+        for (io, kind) in rows {
+            assert_eq!(ErrorKind::from_io(io), kind, "{io:?}");
+        }
     }
 
     #[test]

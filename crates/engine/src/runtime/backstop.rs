@@ -11,6 +11,7 @@ use crate::core::{BreakerConfig, ConfigError, ErrorKind};
 use super::clock::Clock;
 use super::metrics::Metrics;
 use super::observer::Observer;
+use super::spec::Classifier;
 
 pub(crate) struct Inner {
     pub(crate) broker: Arc<dyn Broker>,
@@ -20,6 +21,13 @@ pub(crate) struct Inner {
     pub(crate) producer_timeout: Duration,
     pub(crate) topic_prefix: String,
     pub(crate) observer: Option<Arc<dyn Observer>>,
+    pub(crate) classifier: Option<Classifier>,
+    /// Task calls under way (for [`Backstop::shutdown`]).
+    calls: tokio::sync::watch::Sender<usize>,
+    /// Set when a shutdown's grace ran out: calls still under way return their data.
+    pub(crate) abort_calls: tokio::sync::watch::Sender<bool>,
+    /// Consumers started in this context: how to stop each, and how to see it finished.
+    consumers: std::sync::Mutex<Vec<ConsumerEntry>>,
     producers: tokio::sync::Mutex<BTreeMap<String, Arc<dyn Producer>>>,
 }
 
@@ -56,9 +64,29 @@ pub struct BackstopBuilder {
     producer_timeout: Duration,
     topic_prefix: String,
     observer: Option<Arc<dyn Observer>>,
+    classifier: Option<Classifier>,
 }
 
 impl BackstopBuilder {
+    /// Classifies errors that `?` converted in every handler and task body of this context
+    /// (a spec's own [`classify`](super::ConsumerSpec::classify) wins over it).
+    ///
+    /// ```
+    /// # fn demo(broker: std::sync::Arc<dyn backstop_engine::broker::Broker>) -> Result<(), backstop_engine::core::ConfigError> {
+    /// use backstop_engine::core::ErrorKind;
+    /// use backstop_engine::runtime::Backstop;
+    /// let bs = Backstop::builder(broker)
+    ///     .classify(|e| e.to_string().contains("503").then_some(ErrorKind::Connection))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn classify<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&(dyn std::error::Error + 'static)) -> Option<ErrorKind> + Send + Sync + 'static,
+    {
+        self.classifier = Some(Classifier::new(f));
+        self
+    }
     /// Uses these metrics (e.g. sharing one registry between several contexts).
     pub fn metrics(mut self, m: Arc<Metrics>) -> Self {
         self.metrics = Some(m);
@@ -134,6 +162,10 @@ impl BackstopBuilder {
                 producer_timeout: self.producer_timeout,
                 topic_prefix: self.topic_prefix,
                 observer: self.observer,
+                classifier: self.classifier,
+                calls: tokio::sync::watch::Sender::new(0),
+                abort_calls: tokio::sync::watch::Sender::new(false),
+                consumers: std::sync::Mutex::new(Vec::new()),
                 producers: tokio::sync::Mutex::new(BTreeMap::new()),
             }),
         })
@@ -153,6 +185,7 @@ impl Backstop {
             producer_timeout: Duration::from_secs(10),
             topic_prefix: String::new(),
             observer: None,
+            classifier: None,
         }
     }
 
@@ -207,10 +240,167 @@ impl Backstop {
         self.inner.producers.lock().await.remove(topic);
     }
 
+    /// Counts a task call as under way until the guard drops.
+    pub(crate) fn track_call(&self) -> CallGuard {
+        self.inner.calls.send_modify(|n| *n += 1);
+        CallGuard {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Task calls under way in this context.
+    pub fn calls_in_progress(&self) -> usize {
+        *self.inner.calls.borrow()
+    }
+
+    /// Remembers a consumer for [`shutdown`](Self::shutdown).
+    pub(crate) fn register_consumer(
+        &self,
+        stop: std::sync::Weak<tokio::sync::watch::Sender<Option<Duration>>>,
+        finished: tokio::sync::watch::Receiver<()>,
+    ) {
+        let mut c = self
+            .inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        c.retain(|e| e.finished.has_changed().is_ok()); // forget consumers that ended
+        c.push(ConsumerEntry { stop, finished });
+    }
+
+    /// Shuts the whole service down: every consumer of this context stops receiving and drains
+    /// (in-flight handlers get up to `grace`, then their messages are nacked for redelivery),
+    /// and task calls under way get until the same deadline to complete. Calls still under way
+    /// then return a [`TaskFailure`](super::TaskFailure) with reason
+    /// [`ShuttingDown`](super::FailureReason::ShuttingDown) that hands their arguments (and
+    /// encoded result, if any) back to the caller: nothing is dropped silently.
+    ///
+    /// Returns what was still under way when it gave up waiting (zero on a clean drain).
+    ///
+    /// ```
+    /// # async fn demo(bs: backstop_engine::runtime::Backstop) {
+    /// let left = bs.shutdown(std::time::Duration::from_secs(30)).await;
+    /// assert!(left.is_clean());
+    /// # }
+    /// ```
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let deadline = tokio::time::Instant::now() + grace;
+        let entries: Vec<ConsumerEntry> = self
+            .inner
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for e in &entries {
+            if let Some(stop) = e.stop.upgrade() {
+                let _ = stop.send(Some(grace));
+            }
+        }
+        let mut consumers_left = 0;
+        for mut e in entries {
+            let finished = async { while e.finished.changed().await.is_ok() {} };
+            // Consumers nack what is left at their own deadline; allow them a moment past ours
+            // to close their subscriptions.
+            if tokio::time::timeout_at(deadline + Duration::from_secs(5), finished)
+                .await
+                .is_err()
+            {
+                consumers_left += 1;
+            }
+        }
+        let mut calls = self.inner.calls.subscribe();
+        let drained = tokio::time::timeout_at(deadline, calls.wait_for(|n| *n == 0))
+            .await
+            .is_ok();
+        let mut calls_left = 0;
+        if !drained {
+            calls_left = *calls.borrow();
+            tracing::warn!(
+                calls = calls_left,
+                "shutdown grace over: task calls under way return their data"
+            );
+            self.inner.abort_calls.send_replace(true);
+            let _ = tokio::time::timeout(Duration::from_secs(5), calls.wait_for(|n| *n == 0)).await;
+        }
+        ShutdownReport {
+            consumers_left,
+            calls_left,
+        }
+    }
+
+    /// Runs until SIGTERM or ctrl-c, then [`shutdown`](Self::shutdown)s with `grace`.
+    ///
+    /// ```no_run
+    /// # async fn demo(bs: backstop_engine::runtime::Backstop) {
+    /// // start consumers, serve requests that call tasks, …
+    /// let report = bs.run_until_signal(std::time::Duration::from_secs(30)).await;
+    /// println!("stopped: {report:?}");
+    /// # }
+    /// ```
+    pub async fn run_until_signal(&self, grace: Duration) -> ShutdownReport {
+        wait_for_signal().await;
+        tracing::info!(grace = ?grace, "termination signal: draining");
+        self.shutdown(grace).await
+    }
+
     /// Makes this the context the macro-generated functions use.
     pub fn install(&self) {
         set_global(self.clone());
     }
+}
+
+/// What [`Backstop::shutdown`] could not drain in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Consumers that had not finished.
+    pub consumers_left: usize,
+    /// Task calls still under way at the deadline (they returned their data to their callers).
+    pub calls_left: usize,
+}
+
+impl ShutdownReport {
+    /// Whether everything drained within the grace period.
+    pub fn is_clean(&self) -> bool {
+        self.consumers_left == 0 && self.calls_left == 0
+    }
+}
+
+struct ConsumerEntry {
+    stop: std::sync::Weak<tokio::sync::watch::Sender<Option<Duration>>>,
+    finished: tokio::sync::watch::Receiver<()>,
+}
+
+/// Keeps a task call counted as under way.
+pub(crate) struct CallGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.inner.calls.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 static GLOBAL: RwLock<Option<Backstop>> = RwLock::new(None);

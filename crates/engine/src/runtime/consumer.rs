@@ -11,6 +11,7 @@ use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
+use tracing::Instrument;
 
 use crate::broker::{BrokerError, ReceivedMessage, Subscription, SubscriptionSpec};
 use crate::core::{
@@ -18,9 +19,11 @@ use crate::core::{
 };
 
 use super::backstop::Backstop;
+use super::codec::{Decoder, Json};
+use super::delivery::Delivery;
 use super::dlq::record_from;
 use super::error::HandlerError;
-use super::spec::ConsumerSpec;
+use super::spec::{Classifier, ConsumerSpec};
 use super::task::panic_text;
 
 /// Why a consumer could not start.
@@ -61,7 +64,7 @@ pub struct ConsumerReport {
 /// [`ConsumerHandle::shutdown`] without waiting: keep it for as long as the consumer should run.
 #[derive(Debug)]
 pub struct ConsumerHandle {
-    shutdown: watch::Sender<Option<Duration>>,
+    shutdown: Arc<watch::Sender<Option<Duration>>>,
     join: JoinHandle<ConsumerReport>,
     name: String,
     control: super::control::ConsumerControl,
@@ -130,10 +133,12 @@ enum Settle {
 }
 
 type BoxHandler<M> = Arc<
-    dyn Fn(M) -> std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
+    dyn Fn(M, Delivery) -> std::pin::Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
         + Send
         + Sync,
 >;
+
+type BoxDecoder<M> = Arc<dyn Decoder<M>>;
 
 enum Done {
     Handler(Key, Result<(), HandlerError>),
@@ -142,7 +147,7 @@ enum Done {
 
 struct Slot<M> {
     key: Key,
-    msg: ReceivedMessage,
+    msg: Arc<ReceivedMessage>,
     decoded: Option<M>,
     last_error: Option<HandlerError>,
     abort: Option<AbortHandle>,
@@ -152,16 +157,28 @@ impl Backstop {
     /// Subscribes per `spec` and runs `handler` on every decoded (JSON) message until
     /// [`ConsumerHandle::shutdown`].
     ///
+    /// State goes in by capture: clone what the handler needs (a client, a pool) into the
+    /// closure, and a cheap clone of it into each run.
+    ///
     /// ```
     /// # async fn demo(bs: backstop_engine::runtime::Backstop) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
     /// use backstop_engine::runtime::{ConsumerSpec, HandlerError};
     /// #[derive(serde::Deserialize)]
     /// struct UserUpdate { user_id: i64 }
+    /// struct Db { /* a pool */ }
+    /// impl Db { async fn save(&self, _id: i64) -> std::io::Result<()> { Ok(()) } }
+    ///
+    /// let db = Arc::new(Db {});
     /// let spec = ConsumerSpec::new("user_updates", "user_service").max_parallelism(5).build()?;
     /// let handle = bs
-    ///     .spawn_consumer(spec, |m: UserUpdate| async move {
-    ///         if m.user_id <= 0 { return Err(HandlerError::invalid("Missing user_id in message")); }
-    ///         Ok(())
+    ///     .spawn_consumer(spec, move |m: UserUpdate| {
+    ///         let db = db.clone();
+    ///         async move {
+    ///             if m.user_id <= 0 { return Err(HandlerError::invalid("Missing user_id in message")); }
+    ///             db.save(m.user_id).await?; // io::Error: ConnectionRefused → Connection, …
+    ///             Ok(())
+    ///         }
     ///     })
     ///     .await?;
     /// let report = handle.shutdown().await;
@@ -177,6 +194,53 @@ impl Backstop {
         F: Fn(M) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
     {
+        self.spawn_consumer_using(spec, Json, move |m: M, _d: Delivery| handler(m))
+            .await
+    }
+
+    /// Like [`spawn_consumer`](Self::spawn_consumer), with the handler also given the message's
+    /// [`Delivery`] (key, properties, message id, redelivery count, attempt, times).
+    pub async fn spawn_consumer_with_delivery<M, F, Fut>(
+        &self,
+        spec: ConsumerSpec,
+        handler: F,
+    ) -> Result<ConsumerHandle, StartError>
+    where
+        M: DeserializeOwned + Send + 'static,
+        F: Fn(M, Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.spawn_consumer_using(spec, Json, handler).await
+    }
+
+    /// The general form: payloads decoded by `codec` ([`Json`], [`Raw`](super::Raw),
+    /// [`Text`](super::Text), `Protobuf`, or your own [`Decoder`]), the handler given the
+    /// decoded message and its [`Delivery`].
+    ///
+    /// ```
+    /// # async fn demo(bs: backstop_engine::runtime::Backstop) -> Result<(), Box<dyn std::error::Error>> {
+    /// use backstop_engine::runtime::{ConsumerSpec, Delivery, HandlerError, Text};
+    /// let spec = ConsumerSpec::new("audit_lines", "archiver").build()?;
+    /// let handle = bs
+    ///     .spawn_consumer_using(spec, Text, |line: String, d: Delivery| async move {
+    ///         println!("{} {line}", d.message_id());
+    ///         Ok::<_, HandlerError>(())
+    ///     })
+    ///     .await?;
+    /// # handle.shutdown().await; Ok(()) }
+    /// ```
+    pub async fn spawn_consumer_using<M, C, F, Fut>(
+        &self,
+        spec: ConsumerSpec,
+        codec: C,
+        handler: F,
+    ) -> Result<ConsumerHandle, StartError>
+    where
+        M: Send + 'static,
+        C: Decoder<M>,
+        F: Fn(M, Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
         let spec = spec.build()?.prefixed(&self.inner.topic_prefix);
         let cfg = spec.consumer_config(self.breaker_defaults())?;
         let mut sub_spec = SubscriptionSpec::new(spec.topic.clone(), spec.subscription.clone())
@@ -190,14 +254,21 @@ impl Backstop {
         .map_err(|_| {
             BrokerError::timeout(format!("subscribing to `{}` timed out", spec.topic))
         })??;
-        let handler: BoxHandler<M> = Arc::new(move |m| Box::pin(handler(m)));
+        let handler: BoxHandler<M> = Arc::new(move |m, d| Box::pin(handler(m, d)));
         let (shutdown, shutdown_rx) = watch::channel(None);
+        let shutdown = Arc::new(shutdown);
+        let (finished_tx, finished_rx) = watch::channel(());
+        self.register_consumer(Arc::downgrade(&shutdown), finished_rx);
         let name = format!("{}/{}", spec.topic, spec.subscription);
         let spec_topic = spec.topic.clone();
         let spec_sub = spec.subscription.clone();
         let breaker_name = format!("consumer:{name}");
         let meters = Meters::new(self.metrics(), &spec_topic, &spec_sub, &breaker_name);
         super::control::register_consumer(self.metrics(), &spec_topic, &spec_sub, &spec);
+        let classifier = spec
+            .classifier
+            .clone()
+            .or_else(|| self.inner.classifier.clone());
         let driver = Driver {
             bs: self.clone(),
             name: name.clone(),
@@ -206,22 +277,30 @@ impl Backstop {
             spec,
             sub,
             handler,
+            decoder: Arc::new(codec),
+            classifier,
             slots: Vec::new(),
             report: ConsumerReport::default(),
             io: tokio::task::JoinSet::new(),
             settle: None,
             meters,
             topic: Arc::from(spec_topic.as_str()),
+            subscription: Arc::from(spec_sub.as_str()),
         };
         self.metrics().register_breaker(&driver.breaker_name);
         let (control, control_rx) = super::control::ConsumerControl::new(name.clone());
-        let join = tokio::spawn(driver.run(shutdown_rx, control_rx));
-        Ok(ConsumerHandle {
+        let join = tokio::spawn(async move {
+            let report = driver.run(shutdown_rx, control_rx).await;
+            drop(finished_tx); // tells Backstop::shutdown this consumer is done
+            report
+        });
+        let handle = ConsumerHandle {
             shutdown,
             join,
             name,
             control,
-        })
+        };
+        Ok(handle)
     }
 }
 
@@ -233,6 +312,8 @@ struct Driver<M> {
     machine: ConsumerMachine,
     sub: Arc<dyn Subscription>,
     handler: BoxHandler<M>,
+    decoder: BoxDecoder<M>,
+    classifier: Option<Classifier>,
     slots: Vec<Option<Slot<M>>>,
     report: ConsumerReport,
     /// DLQ publishes under way: awaited before the subscription closes.
@@ -242,9 +323,10 @@ struct Driver<M> {
     settle: Option<mpsc::UnboundedSender<Settle>>,
     meters: Meters,
     topic: Arc<str>,
+    subscription: Arc<str>,
 }
 
-impl<M: DeserializeOwned + Send + 'static> Driver<M> {
+impl<M: Send + 'static> Driver<M> {
     async fn run(
         mut self,
         mut shutdown_rx: watch::Receiver<Option<Duration>>,
@@ -317,11 +399,11 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                 }
                 Some(msg) = deliver_rx.recv() => {
                     let now = self.bs.clock().now();
-                    let decoded = serde_json::from_slice::<M>(&msg.payload);
+                    let decoded = self.decoder.decode(&msg.payload);
                     let ok = decoded.is_ok();
                     let key = self.machine.handle_delivered(now, ok);
                     let last_error = decoded.as_ref().err().map(|e| HandlerError::new(ErrorKind::Decode, format!("payload does not decode: {e}")));
-                    self.put(Slot { key, msg, decoded: decoded.ok(), last_error, abort: None });
+                    self.put(Slot { key, msg: Arc::new(msg), decoded: decoded.ok(), last_error, abort: None });
                 }
                 _ = sleep_until_opt(deadline) => {
                     let now = self.bs.clock().now();
@@ -385,33 +467,47 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
         match action {
             ConsumerAction::Request { count } => credit.add_permits(count as usize),
             ConsumerAction::Invoke { key, attempt } => {
+                let decoder = self.decoder.clone();
                 let Some(slot) = self.slot_mut(key) else {
                     return;
                 };
                 let value = match slot.decoded.take() {
                     Some(v) => Ok(v),
-                    None => serde_json::from_slice::<M>(&slot.msg.payload),
+                    None => decoder.decode(&slot.msg.payload),
                 };
-                let id = slot.msg.id.clone();
+                let msg = slot.msg.clone();
+                let delivery = Delivery::new(msg.clone(), self.subscription.clone(), attempt);
                 let handler = self.handler.clone();
                 let done = done_tx.clone();
-                let topic = self.topic.clone();
-                let task = tokio::spawn(async move {
-                    let r = match value {
-                        Err(e) => Err(HandlerError::new(
-                            ErrorKind::Decode,
-                            format!("payload does not decode: {e}"),
-                        )),
-                        Ok(v) => match AssertUnwindSafe(handler(v)).catch_unwind().await {
-                            Ok(r) => r,
-                            Err(p) => Err(HandlerError::new(ErrorKind::Panic, panic_text(&p))),
-                        },
-                    };
-                    if let Err(e) = &r {
-                        tracing::warn!(topic = %topic, message_id = %id, attempt, kind = %e.kind(), error = %e.message(), "handler failed");
+                let timeout = self.spec.handler_timeout;
+                let classifier = self.classifier.clone();
+                let span = tracing::info_span!(
+                    "backstop.handle",
+                    topic = %self.topic,
+                    subscription = %self.subscription,
+                    message_id = %delivery.message_id(),
+                    key = delivery.key().unwrap_or(""),
+                    attempt,
+                );
+                #[cfg(feature = "otel")]
+                super::otel::continue_from(&span, delivery.properties());
+                let task = tokio::spawn(
+                    async move {
+                        let r = match value {
+                            Err(e) => Err(HandlerError::new(
+                                ErrorKind::Decode,
+                                format!("payload does not decode: {e}"),
+                            )),
+                            Ok(v) => run_guarded(handler(v, delivery), timeout).await,
+                        };
+                        let r = r.map_err(|e| e.reclassified(classifier.as_ref().map(|c| c.get())));
+                        if let Err(e) = &r {
+                            tracing::warn!(kind = %e.kind(), error = %e.message(), "handler failed");
+                        }
+                        let _ = done.send(Done::Handler(key, r));
                     }
-                    let _ = done.send(Done::Handler(key, r));
-                });
+                    .instrument(span),
+                );
                 if let Some(slot) = self.slot_mut(key) {
                     slot.abort = Some(task.abort_handle());
                 }
@@ -419,7 +515,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
             ConsumerAction::Ack { key } => {
                 if let Some(slot) = self.take(key) {
                     if let Some(tx) = &self.settle {
-                        let _ = tx.send(Settle::Ack(slot.msg.id));
+                        let _ = tx.send(Settle::Ack(slot.msg.id.clone()));
                     }
                 }
             }
@@ -430,7 +526,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                     }
                     tracing::info!(topic = %self.topic, message_id = %slot.msg.id, reason = ?reason, "nack");
                     if let Some(tx) = &self.settle {
-                        let _ = tx.send(Settle::Nack(slot.msg.id));
+                        let _ = tx.send(Settle::Nack(slot.msg.id.clone()));
                     }
                 }
             }
@@ -450,7 +546,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                 record.subscription = Some(self.spec.subscription.clone());
                 record.origin_message_id = Some(slot.msg.id.to_string());
                 let record = record.with_payload(&slot.msg.payload);
-                let msg = super::dlq_fit::fitted_message(record, Some(&slot.msg));
+                let msg = super::dlq_fit::fitted_message(record, Some(&*slot.msg));
                 let dlq_topic = self.spec.dlq_topic.clone().unwrap_or_default();
                 let bs = self.bs.clone();
                 let done = done_tx.clone();
@@ -465,7 +561,7 @@ impl<M: DeserializeOwned + Send + 'static> Driver<M> {
                         Err(e) => Err(e),
                     };
                     if let Err(e) = &r {
-                        if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout) {
+                        if e.kind().is_transient() {
                             bs.drop_producer(&dlq_topic).await;
                         }
                     }
@@ -611,7 +707,7 @@ async fn settle_loop(
             };
             let Err(e) = r else { break };
             bs.metrics().record_error(&topic, e.kind());
-            let transient = matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout);
+            let transient = e.kind().is_transient();
             if !transient || attempt == SETTLE_ATTEMPTS {
                 tracing::warn!(topic = %topic, message_id = %id, ack, attempt, error = %e, "settling failed; the broker redelivers the message later");
                 break;
@@ -620,6 +716,27 @@ async fn settle_loop(
             backoff *= 2;
         }
     }
+}
+
+/// Runs one handler or task body: a panic is a failed attempt of kind Panic, and a run past
+/// `timeout` is cancelled (its future dropped) and is a failed attempt of kind Timeout.
+pub(crate) async fn run_guarded<T>(
+    fut: impl Future<Output = Result<T, HandlerError>>,
+    timeout: Option<Duration>,
+) -> Result<T, HandlerError> {
+    let guarded = AssertUnwindSafe(fut).catch_unwind();
+    let r = match timeout {
+        None => guarded.await,
+        Some(t) => match tokio::time::timeout(t, guarded).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(HandlerError::timeout(format!(
+                    "run cancelled after its timeout of {t:?}"
+                )))
+            }
+        },
+    };
+    r.unwrap_or_else(|p| Err(HandlerError::new(ErrorKind::Panic, panic_text(&p))))
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {

@@ -80,6 +80,8 @@ impl DeadLetterRecord {
             payload: serde_json::to_vec(self).unwrap_or_default(),
             key: origin.and_then(|m| m.key.clone()),
             properties,
+            ordering_key: origin.and_then(|m| m.metadata.ordering_key.clone()),
+            event_time_ms: origin.and_then(|m| m.metadata.event_time_ms),
         }
     }
 }

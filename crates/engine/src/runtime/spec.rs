@@ -2,9 +2,36 @@
 //! (`topic`, `max_retries`, `retry_delay`, `dlq_topic`, `subscription`, `max_parallelism`) and
 //! the rest, rejected with a [`ConfigError`] naming the setting when they are built.
 
+use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::broker::SubscriptionType;
+use crate::core::ErrorKind;
+
+use super::error::ClassifyFn;
+
+/// A user's error classifier (see [`ConsumerSpec::classify`]), shared and cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Classifier(Arc<ClassifyFn>);
+
+impl Classifier {
+    pub(crate) fn new<F>(f: F) -> Classifier
+    where
+        F: Fn(&(dyn StdError + 'static)) -> Option<ErrorKind> + Send + Sync + 'static,
+    {
+        Classifier(Arc::new(f))
+    }
+    pub(crate) fn get(&self) -> &ClassifyFn {
+        &*self.0
+    }
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Classifier(..)")
+    }
+}
 use crate::core::{BreakerConfig, ConfigError, ConsumerConfig, ProducerConfig, RetryPolicy};
 
 fn check_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
@@ -77,6 +104,8 @@ pub struct TaskSpec {
     breaker: Option<BreakerConfig>,
     send_timeout: Duration,
     retry: Option<RetryPolicy>,
+    pub(crate) body_timeout: Option<Duration>,
+    pub(crate) classifier: Option<Classifier>,
 }
 
 impl TaskSpec {
@@ -91,7 +120,23 @@ impl TaskSpec {
             breaker: None,
             send_timeout: Duration::from_secs(10),
             retry: None,
+            body_timeout: None,
+            classifier: None,
         }
+    }
+    /// How long one run of the body may take: a run past it is cancelled and counts as a failed
+    /// attempt of kind Timeout (retried, and counted by the breaker). Off by default.
+    pub fn body_timeout(mut self, d: Duration) -> Self {
+        self.body_timeout = Some(d);
+        self
+    }
+    /// Classifies the body's errors that `?` converted (see [`ConsumerSpec::classify`]).
+    pub fn classify<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&(dyn StdError + 'static)) -> Option<ErrorKind> + Send + Sync + 'static,
+    {
+        self.classifier = Some(Classifier::new(f));
+        self
     }
     /// Retries after the first attempt.
     pub fn max_retries(mut self, n: u32) -> Self {
@@ -130,6 +175,12 @@ impl TaskSpec {
         if self.send_timeout.is_zero() {
             return Err(ConfigError::new(
                 "send_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.body_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::new(
+                "body_timeout",
                 "must be greater than zero",
             ));
         }
@@ -194,6 +245,8 @@ pub struct ConsumerSpec {
     pub(crate) shutdown_grace: Duration,
     max_held: u32,
     pub(crate) nack_delay: Duration,
+    pub(crate) handler_timeout: Option<Duration>,
+    pub(crate) classifier: Option<Classifier>,
 }
 
 impl ConsumerSpec {
@@ -212,7 +265,39 @@ impl ConsumerSpec {
             shutdown_grace: Duration::from_secs(30),
             max_held: 0,
             nack_delay: Duration::from_secs(1),
+            handler_timeout: None,
+            classifier: None,
         }
+    }
+    /// How long one handler run may take: a run past it is cancelled, its parallelism slot freed
+    /// at once, and it counts as a failed attempt of kind Timeout (retried, and counted by the
+    /// breaker). Off by default.
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.handler_timeout = Some(d);
+        self
+    }
+    /// Classifies the handler's errors that `?` converted: `f` sees each error of the source
+    /// chain and may name its kind; `None` leaves it to the default table
+    /// ([`classify`](super::classify)). Errors built with an explicit kind
+    /// (`HandlerError::invalid(..)`, …) are not re-classified.
+    ///
+    /// ```
+    /// use backstop_engine::core::ErrorKind;
+    /// use backstop_engine::runtime::ConsumerSpec;
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("quota exceeded")]
+    /// struct QuotaExceeded;
+    /// let spec = ConsumerSpec::new("user_updates", "user_service")
+    ///     .classify(|e| e.is::<QuotaExceeded>().then_some(ErrorKind::Rejected))
+    ///     .build()?;
+    /// # Ok::<(), backstop_engine::core::ConfigError>(())
+    /// ```
+    pub fn classify<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&(dyn StdError + 'static)) -> Option<ErrorKind> + Send + Sync + 'static,
+    {
+        self.classifier = Some(Classifier::new(f));
+        self
     }
     /// The subscription type.
     pub fn subscription_type(mut self, kind: SubscriptionType) -> Self {
@@ -271,6 +356,12 @@ impl ConsumerSpec {
             return Err(ConfigError::new("subscription", "must not be empty"));
         }
         check_dlq_topic(&self.topic, self.dlq_topic.as_deref())?;
+        if self.handler_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::new(
+                "handler_timeout",
+                "must be greater than zero",
+            ));
+        }
         self.consumer_config(BreakerConfig::default())?;
         Ok(self)
     }

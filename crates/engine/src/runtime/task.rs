@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures::FutureExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::broker::{BrokerError, MessageId, OutgoingMessage};
 use crate::core::{
@@ -17,6 +17,8 @@ use crate::core::{
 };
 
 use super::backstop::Backstop;
+use super::codec::{Encoder, Json};
+use super::consumer::run_guarded;
 use super::dlq::record_from;
 use super::error::{DeadLetter, FailureReason, HandlerError, TaskFailure};
 use super::spec::TaskSpec;
@@ -30,6 +32,72 @@ pub struct Published<T> {
     pub id: MessageId,
     /// Attempts it took.
     pub attempts: u32,
+}
+
+/// What a task call publishes besides the payload: key, ordering key, properties, event time.
+///
+/// ```
+/// use backstop_engine::runtime::MessageOptions;
+/// use std::time::{Duration, UNIX_EPOCH};
+/// let o = MessageOptions::new()
+///     .key("user-42")
+///     .ordering_key(b"user-42".to_vec())
+///     .property("source", "signup")
+///     .event_time(UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+/// let m = o.to_message(b"{}".to_vec());
+/// assert_eq!(m.key.as_deref(), Some("user-42"));
+/// assert_eq!(m.event_time_ms, Some(1_700_000_000_000));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageOptions {
+    /// The key (Pulsar's partition key).
+    pub key: Option<String>,
+    /// The ordering key (Key_Shared routing, when set).
+    pub ordering_key: Option<Vec<u8>>,
+    /// Properties.
+    pub properties: BTreeMap<String, String>,
+    /// The event time.
+    pub event_time: Option<SystemTime>,
+}
+
+impl MessageOptions {
+    /// No key, no properties, no event time.
+    pub fn new() -> MessageOptions {
+        MessageOptions::default()
+    }
+    /// Sets the key.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+    /// Sets the ordering key.
+    pub fn ordering_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
+    /// Adds a property.
+    pub fn property(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+    /// Sets the event time.
+    pub fn event_time(mut self, t: SystemTime) -> Self {
+        self.event_time = Some(t);
+        self
+    }
+    /// The message to publish with `payload`.
+    pub fn to_message(&self, payload: Vec<u8>) -> OutgoingMessage {
+        OutgoingMessage {
+            payload,
+            key: self.key.clone(),
+            properties: self.properties.clone(),
+            ordering_key: self.ordering_key.clone(),
+            event_time_ms: self.event_time.map(|t| {
+                t.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            }),
+        }
+    }
 }
 
 struct Shared {
@@ -133,10 +201,37 @@ impl Task {
     /// Runs `body(&args)`, publishes its `Ok` value as JSON to the topic, and retries, dead-letters
     /// or fails fast as configured. A panic in the body is a failed, retryable attempt. On failure
     /// the arguments come back inside the [`TaskFailure`].
-    pub async fn call<A, T, F, Fut>(
+    pub async fn call<A, T, F, Fut>(&self, args: A, body: F) -> Result<Published<T>, TaskFailure<A>>
+    where
+        A: Serialize,
+        T: Serialize,
+        F: FnMut(&A) -> Fut,
+        Fut: Future<Output = Result<T, HandlerError>>,
+    {
+        self.call_using(args, Json, |_: &A, _: &T| MessageOptions::default(), body)
+            .await
+    }
+
+    /// Like [`call`](Self::call), publishing with `options` (key, ordering key, properties,
+    /// event time).
+    ///
+    /// ```
+    /// # async fn demo(bs: backstop_engine::runtime::Backstop) -> Result<(), Box<dyn std::error::Error>> {
+    /// use backstop_engine::runtime::{MessageOptions, Task, TaskSpec, TaskError};
+    /// let task = Task::new(&bs, TaskSpec::new("user_updates").build()?)?;
+    /// let options = MessageOptions::new().key("user-42").property("source", "signup");
+    /// task.call_with_options(42_i64, options, |id: &i64| {
+    ///     let id = *id;
+    ///     async move { Ok::<_, TaskError>(serde_json::json!({ "user_id": id })) }
+    /// })
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_with_options<A, T, F, Fut>(
         &self,
         args: A,
-        mut body: F,
+        options: MessageOptions,
+        body: F,
     ) -> Result<Published<T>, TaskFailure<A>>
     where
         A: Serialize,
@@ -144,7 +239,50 @@ impl Task {
         F: FnMut(&A) -> Fut,
         Fut: Future<Output = Result<T, HandlerError>>,
     {
+        self.call_using(args, Json, move |_: &A, _: &T| options.clone(), body)
+            .await
+    }
+
+    /// The general form: the `Ok` value is encoded by `codec` ([`Json`], [`Raw`](super::Raw),
+    /// [`Text`](super::Text), `Protobuf`, or your own [`Encoder`]), and published with the
+    /// [`MessageOptions`] that `options` derives from the arguments and the value (e.g. the key
+    /// from a field).
+    ///
+    /// ```
+    /// # async fn demo(bs: backstop_engine::runtime::Backstop) -> Result<(), Box<dyn std::error::Error>> {
+    /// use backstop_engine::runtime::{MessageOptions, Task, TaskSpec, TaskError, Text};
+    /// let task = Task::new(&bs, TaskSpec::new("audit_lines").build()?)?;
+    /// task.call_using(
+    ///     7_u32,
+    ///     Text,
+    ///     |user: &u32, _line: &String| MessageOptions::new().key(user.to_string()),
+    ///     |user: &u32| { let user = *user; async move { Ok::<_, TaskError>(format!("user {user} logged in")) } },
+    /// )
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_using<A, T, C, O, F, Fut>(
+        &self,
+        args: A,
+        codec: C,
+        options: O,
+        mut body: F,
+    ) -> Result<Published<T>, TaskFailure<A>>
+    where
+        A: Serialize,
+        C: Encoder<T>,
+        O: Fn(&A, &T) -> MessageOptions,
+        F: FnMut(&A) -> Fut,
+        Fut: Future<Output = Result<T, HandlerError>>,
+    {
+        let _in_flight = self.bs.track_call();
         let topic = self.spec.topic().to_string();
+        let classifier = self
+            .spec
+            .classifier
+            .clone()
+            .or_else(|| self.bs.inner.classifier.clone());
+        let mut message_options = MessageOptions::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let key = {
             let mut s = self.lock();
@@ -155,6 +293,7 @@ impl Task {
         };
         let _guard = MailboxGuard { task: self, key };
         let mut deadline = self.route();
+        let mut abort = self.bs.inner.abort_calls.subscribe();
         let mut value: Option<T> = None;
         let mut payload: Option<Vec<u8>> = None;
         let mut last_error = HandlerError::new(ErrorKind::Handler, "no attempt made");
@@ -162,20 +301,19 @@ impl Task {
         let mut dead_letter = DeadLetter::NotConfigured;
         let mut encode_error: Option<String> = None;
         loop {
-            let action = match deadline {
-                Some(at) => {
-                    tokio::select! {
-                        biased;
-                        a = rx.recv() => a,
-                        _ = tokio::time::sleep_until(self.bs.clock().instant(at)) => {
-                            let now = self.now();
-                            self.lock().machine.handle_timeout(now);
-                            deadline = self.route();
-                            continue;
-                        }
-                    }
+            let action = tokio::select! {
+                biased;
+                a = rx.recv() => a,
+                _ = sleep_until_opt(deadline.map(|at| self.bs.clock().instant(at))) => {
+                    let now = self.now();
+                    self.lock().machine.handle_timeout(now);
+                    deadline = self.route();
+                    continue;
                 }
-                None => rx.recv().await,
+                _ = abort.wait_for(|a| *a) => {
+                    tracing::warn!(topic = %topic, "shutdown: task call abandoned, data returned to the caller");
+                    return Err(self.failure(FailureReason::ShuttingDown, 0, dead_letter, args, payload));
+                }
             };
             let Some(action) = action else {
                 // The mailbox is gone only if the task was torn down; report what we have.
@@ -189,10 +327,20 @@ impl Task {
             };
             match action {
                 ProducerAction::RunBody { attempt, .. } => {
-                    let r = AssertUnwindSafe(body(&args)).catch_unwind().await;
+                    let span = tracing::info_span!("backstop.task", topic = %topic, attempt);
+                    let run = run_guarded(body(&args), self.spec.body_timeout).instrument(span);
+                    let r = tokio::select! {
+                        r = run => r,
+                        _ = abort.wait_for(|a| *a) => {
+                            tracing::warn!(topic = %topic, "shutdown: task body abandoned, data returned to the caller");
+                            return Err(self.failure(FailureReason::ShuttingDown, attempt, dead_letter, args, payload));
+                        }
+                    };
+                    let r = r.map_err(|e| e.reclassified(classifier.as_ref().map(|c| c.get())));
                     let r = match r {
-                        Ok(Ok(v)) => match serde_json::to_vec(&v) {
+                        Ok(v) => match codec.encode(&v) {
                             Ok(bytes) => {
+                                message_options = options(&args, &v);
                                 payload = Some(bytes);
                                 value = Some(v);
                                 Ok(())
@@ -204,14 +352,10 @@ impl Task {
                                 Err(ErrorKind::Invalid)
                             }
                         },
-                        Ok(Err(e)) => {
+                        Err(e) => {
                             let k = e.kind();
                             last_error = e;
                             Err(k)
-                        }
-                        Err(panic) => {
-                            last_error = HandlerError::new(ErrorKind::Panic, panic_text(&panic));
-                            Err(ErrorKind::Panic)
                         }
                     };
                     if let Err(kind) = &r {
@@ -221,10 +365,21 @@ impl Task {
                     self.lock().machine.handle_body_result(now, key, r);
                 }
                 ProducerAction::Publish { attempt, .. } => {
-                    let msg = OutgoingMessage::new(payload.clone().unwrap_or_default());
-                    let r = self.send(&topic, msg).await;
+                    let span = tracing::info_span!(
+                        "backstop.publish",
+                        topic = %topic,
+                        key = message_options.key.as_deref().unwrap_or(""),
+                        attempt,
+                        message_id = tracing::field::Empty,
+                    );
+                    #[allow(unused_mut)]
+                    let mut msg = message_options.to_message(payload.clone().unwrap_or_default());
+                    #[cfg(feature = "otel")]
+                    span.in_scope(|| super::otel::inject(&mut msg.properties));
+                    let r = self.send(&topic, msg).instrument(span.clone()).await;
                     let r = match r {
                         Ok(id) => {
+                            span.record("message_id", tracing::field::display(&id));
                             message_id = id;
                             Ok(())
                         }
@@ -346,10 +501,7 @@ impl Task {
             ))),
         };
         if let Err(e) = &r {
-            if matches!(
-                e.kind(),
-                ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Fatal
-            ) {
+            if e.kind().is_transient() || e.kind() == ErrorKind::Fatal {
                 self.bs.drop_producer(topic).await;
             }
         } else {
@@ -474,6 +626,14 @@ impl Drop for MailboxGuard<'_> {
     }
 }
 
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The text of a panic payload.
 pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         format!("panicked: {s}")
