@@ -95,6 +95,7 @@
 //! [`ErrorKind::Rejected`]: backstop_engine::core::ErrorKind::Rejected
 #![warn(missing_docs)]
 
+mod batching;
 mod client;
 mod dlq;
 mod error;
@@ -106,6 +107,7 @@ mod producer;
 mod subscription;
 mod tracking;
 
+pub use batching::PulsarBatching;
 pub use client::PulsarBroker;
 pub use dlq::{
     dead_letter_message, dlq_properties, java_origin_message_id, origin_message_id,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::batching::PulsarBatching;
+
 /// Where a new subscription starts reading. Only matters the first time a subscription name is
 /// used on a topic; afterwards the broker remembers its position.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
@@ -69,6 +71,9 @@ pub struct PulsarOptions {
     /// (the adapter finds the crate's sockets in `/proc/self/fd`: TCP sockets to the service
     /// URL's port); elsewhere the crate's behaviour stays. Default `true`.
     pub tcp_nodelay: bool,
+    /// Producer-side batching and the producers' memory bound (see [`PulsarBatching`]). Default:
+    /// on, 1 ms / 1,000 messages / 128 KiB, 16 MiB pending per producer.
+    pub batching: PulsarBatching,
 }
 
 impl std::fmt::Debug for PulsarOptions {
@@ -89,6 +94,7 @@ impl std::fmt::Debug for PulsarOptions {
             )
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()))
             .field("tcp_nodelay", &self.tcp_nodelay)
+            .field("batching", &self.batching)
             .finish()
     }
 }
@@ -108,6 +114,7 @@ impl Default for PulsarOptions {
             auth_token: None,
             tls_ca_pem: None,
             tcp_nodelay: true,
+            batching: PulsarBatching::default(),
         }
     }
 }
@@ -198,6 +205,12 @@ impl PulsarOptions {
         self
     }
 
+    /// Sets [`PulsarOptions::batching`].
+    pub fn with_batching(mut self, batching: PulsarBatching) -> Self {
+        self.batching = batching;
+        self
+    }
+
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, d) in [
@@ -224,6 +237,7 @@ impl PulsarOptions {
         if self.max_message_size == 0 {
             return Err(ConfigError::Zero("max_message_size"));
         }
+        self.batching.validate(self.max_message_size)?;
         Ok(())
     }
 }
