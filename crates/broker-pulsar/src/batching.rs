@@ -141,8 +141,8 @@ impl PulsarBatching {
             .any(|t| full_topic_name(t) == full)
     }
 
-    /// Checks the settings against the largest message the broker takes.
-    pub(crate) fn validate(&self, max_message_size: usize) -> Result<(), ConfigError> {
+    /// Checks the settings.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.max_pending_bytes == 0 {
             return Err(ConfigError::Zero("batching.max_pending_bytes"));
         }
@@ -176,7 +176,7 @@ mod tests {
     fn defaults_are_valid_and_on() {
         let b = PulsarBatching::default();
         assert!(b.enabled);
-        assert_eq!(b.validate(5 * 1024 * 1024), Ok(()));
+        assert_eq!(b.validate(), Ok(()));
         assert!(b.batches_topic("t"));
     }
 
@@ -184,18 +184,18 @@ mod tests {
     fn bad_settings_are_named() {
         let b = PulsarBatching::default();
         assert_eq!(
-            b.clone().with_max_delay(Duration::ZERO).validate(1 << 20),
+            b.clone().with_max_delay(Duration::ZERO).validate(),
             Err(ConfigError::ZeroDuration("batching.max_delay"))
         );
         assert_eq!(
-            b.clone().with_max_messages(0).validate(1 << 20),
+            b.clone().with_max_messages(0).validate(),
             Err(ConfigError::Zero("batching.max_messages"))
         );
         assert_eq!(
-            b.clone().with_max_pending_bytes(0).validate(1 << 20),
+            b.clone().with_max_pending_bytes(0).validate(),
             Err(ConfigError::Zero("batching.max_pending_bytes"))
         );
-        assert_eq!(b.clone().with_max_bytes(1 << 20).validate(1 << 20), Ok(()));
+        assert_eq!(b.clone().with_max_bytes(1 << 20).validate(), Ok(()));
         assert_eq!(
             b.clone()
                 .with_max_bytes(1 << 20)
@@ -205,9 +205,7 @@ mod tests {
         assert_eq!(b.effective_max_bytes(5 << 20), 128 * 1024);
         // off: the batch settings do not matter
         assert_eq!(
-            PulsarBatching::disabled()
-                .with_max_messages(0)
-                .validate(1 << 20),
+            PulsarBatching::disabled().with_max_messages(0).validate(),
             Ok(())
         );
     }

@@ -237,7 +237,7 @@ impl PulsarOptions {
         if self.max_message_size == 0 {
             return Err(ConfigError::Zero("max_message_size"));
         }
-        self.batching.validate(self.max_message_size)?;
+        self.batching.validate()?;
         Ok(())
     }
 }
