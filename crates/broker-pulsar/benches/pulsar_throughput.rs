@@ -19,9 +19,12 @@
 //! latency, 1000), `BENCH_PERF_SECONDS` (10; 0 skips pulsar-perf), `BENCH_ONLY` (the parts to
 //! run, default `produce,consume,latency,perf`), `BENCH_NODELAY` (1: the adapter's default
 //! `tcp_nodelay`, which sets `TCP_NODELAY` on every connection of the process to the broker
-//! port, the bare client's included; 0: Nagle on for both, the pulsar crate's default).
+//! port, the bare client's included; 0: Nagle on for both, the pulsar crate's default),
+//! `BENCH_BATCHING` (1: producer batching with the adapter's defaults, 1 ms / 1,000 messages /
+//! 128 KiB, for the adapter, backstop and the bare crate alike; 0: no batching for any).
 //!
-//! Contenders, all without batching and with the same window:
+//! Contenders, all with the same batching settings and the same window (the consume part's
+//! topics are filled without batching):
 //! - produce: the bare crate (one producer, `send_non_blocking`, `window` receipts outstanding);
 //!   the adapter (`PulsarProducer::send` from `window` tasks); backstop (`Task::call` from
 //!   `window` tasks: body, JSON encoding, breaker, metrics, publish); pulsar-perf (`-db -o window`,
@@ -47,7 +50,7 @@ use backstop_pulsar::pulsar::{
     self, consumer::InitialPosition, ConsumerOptions, ProducerOptions, Pulsar, SubType,
     TokioExecutor,
 };
-use backstop_pulsar::{PulsarBroker, PulsarOptions};
+use backstop_pulsar::{PulsarBatching, PulsarBroker, PulsarOptions};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,6 +71,7 @@ struct Config {
     perf_seconds: u64,
     only: String,
     nodelay: bool,
+    batching: bool,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -92,6 +96,7 @@ impl Config {
             perf_seconds: env_or("BENCH_PERF_SECONDS", 10),
             only: env_or("BENCH_ONLY", "produce,consume,latency,perf".to_string()),
             nodelay: env_or("BENCH_NODELAY", 1) != 0,
+            batching: env_or("BENCH_BATCHING", 1) != 0,
         }
     }
 
@@ -172,17 +177,20 @@ async fn bare_client(cfg: &Config) -> Res<Pulsar<TokioExecutor>> {
         .await?)
 }
 
+/// The bare crate's producer; with `batching`, the adapter's default batch settings.
 async fn bare_producer(
     client: &Pulsar<TokioExecutor>,
     topic: &str,
+    batching: bool,
 ) -> Res<pulsar::Producer<TokioExecutor>> {
+    let b = PulsarBatching::default();
     Ok(client
         .producer()
         .with_topic(topic)
         .with_options(ProducerOptions {
-            batch_size: None,
-            batch_byte_size: None,
-            batch_timeout: None,
+            batch_size: batching.then_some(b.max_messages),
+            batch_byte_size: batching.then_some(b.max_bytes),
+            batch_timeout: batching.then_some(b.max_delay),
             block_queue_if_full: true,
             ..Default::default()
         })
@@ -192,7 +200,7 @@ async fn bare_producer(
 
 /// Publishes `n` payloads with `window` receipts outstanding; returns the time.
 async fn bare_produce(client: &Pulsar<TokioExecutor>, topic: &str, cfg: &Config) -> Res<Duration> {
-    let mut producer = bare_producer(client, topic).await?;
+    let mut producer = bare_producer(client, topic, cfg.batching).await?;
     let payload = vec![b'x'; cfg.size];
     let start = Instant::now();
     let mut inflight = FuturesUnordered::new();
@@ -389,7 +397,7 @@ async fn publish_latency(
     cfg: &Config,
 ) -> Res<[Samples; 3]> {
     let topic = unique("lat-publish");
-    let mut producer = bare_producer(client, &topic).await?;
+    let mut producer = bare_producer(client, &topic, cfg.batching).await?;
     let payload = vec![b'x'; cfg.size];
     let adapter = broker.producer(&format!("{topic}-adapter")).await?;
     let task = Task::new(bs, TaskSpec::new(format!("{topic}-bs")).build()?)?;
@@ -437,7 +445,7 @@ async fn e2e_latency(
         .with_batch_size(cfg.prefetch)
         .build()
         .await?;
-    let mut producer = bare_producer(client, &topic).await?;
+    let mut producer = bare_producer(client, &topic, cfg.batching).await?;
     for i in 0..=cfg.latency {
         let t = Instant::now();
         producer.send_non_blocking(payload.clone()).await?.await?;
@@ -612,7 +620,7 @@ async fn consume_rounds(
         }
         let topic = format!("persistent://public/default/{name}");
         // JSON payloads, so that backstop's consumer decodes them (a JSON string of `size` bytes)
-        let mut producer = bare_producer(client, &topic).await?;
+        let mut producer = bare_producer(client, &topic, false).await?;
         let payload = serde_json::to_vec(json_body(cfg))?;
         let mut inflight = FuturesUnordered::new();
         for _ in 0..cfg.messages {
@@ -653,7 +661,12 @@ async fn run(cfg: Config) -> Res<()> {
         PulsarOptions::default()
             .with_receiver_queue_size(cfg.prefetch)
             .with_initial_position(backstop_pulsar::InitialPosition::Earliest)
-            .with_tcp_nodelay(cfg.nodelay),
+            .with_tcp_nodelay(cfg.nodelay)
+            .with_batching(if cfg.batching {
+                PulsarBatching::default()
+            } else {
+                PulsarBatching::disabled()
+            }),
     )
     .await?;
     let bs = Backstop::builder(Arc::new(broker.clone()))
@@ -662,14 +675,14 @@ async fn run(cfg: Config) -> Res<()> {
     if cfg.nodelay {
         // The adapter sets TCP_NODELAY on every connection of the process to the broker's port
         // once a second, the bare client's too: let it catch them before measuring.
-        let mut warm = bare_producer(&client, &unique("nodelay")).await?;
+        let mut warm = bare_producer(&client, &unique("nodelay"), false).await?;
         warm.send_non_blocking(vec![0u8]).await?.await?;
         broker.producer(&unique("nodelay")).await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     println!(
         "pulsar_throughput: {} at {}; {} messages x {} B per round, window {}, prefetch {}, \
-         backstop max_parallelism {}, {} rounds, no batching, TCP_NODELAY {}; parts: {}",
+         backstop max_parallelism {}, {} rounds, producer batching {}, TCP_NODELAY {}; parts: {}",
         version(&cfg).await,
         cfg.url,
         cfg.messages,
@@ -678,6 +691,11 @@ async fn run(cfg: Config) -> Res<()> {
         cfg.prefetch,
         cfg.parallelism,
         cfg.rounds,
+        if cfg.batching {
+            "on (1 ms / 1000 / 128 KiB, all)"
+        } else {
+            "off (all)"
+        },
         if cfg.nodelay {
             "on (both)"
         } else {

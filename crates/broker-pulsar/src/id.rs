@@ -124,14 +124,19 @@ impl PulsarMessageId {
         }
     }
 
-    /// From a send receipt.
+    /// From a send receipt. A batching producer's receipt carries the message's batch index and
+    /// the batch size (the pulsar crate sets both per message of a batch), kept so that the id
+    /// names this message and not its whole batch.
     pub(crate) fn from_receipt(data: &MessageIdData) -> PulsarMessageId {
+        let batch_size = data.batch_size.unwrap_or(0).max(0);
+        let batch_index = data.batch_index.unwrap_or(-1);
+        let batched = batch_size > 0 && batch_index >= 0;
         PulsarMessageId {
             ledger_id: data.ledger_id,
             entry_id: data.entry_id,
             partition: data.partition.unwrap_or(-1),
-            batch_index: -1,
-            batch_size: 0,
+            batch_index: if batched { batch_index } else { -1 },
+            batch_size: if batched { batch_size } else { 0 },
         }
     }
 

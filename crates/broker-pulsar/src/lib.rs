@@ -98,6 +98,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod batching;
 mod client;
 mod diagnose;
 mod dlq;
@@ -111,6 +112,7 @@ mod subscription;
 mod tracking;
 
 pub use auth::TokenSource;
+pub use batching::PulsarBatching;
 pub use client::PulsarBroker;
 pub use dlq::{
     dead_letter_message, dlq_properties, java_origin_message_id, origin_message_id,

@@ -5,7 +5,13 @@
 //! from a channel, one after the other, handing each caller its receipt future: callers
 //! pipeline their messages as one loop over `send_non_blocking` would, without a lock handed
 //! from caller to caller (each hand-over waited for the next caller to be scheduled).
+//!
+//! The task owns up to two pulsar producers for its topic (two lanes): a batching one for the
+//! messages that may share a batch, and a non-batching one for those that must not (keyed
+//! messages, large ones, or every message when batching is off for the topic); see
+//! [`PulsarBatching`](crate::PulsarBatching).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +20,7 @@ use backstop_engine::broker::{BrokerError, MessageId, OutgoingMessage, Producer}
 use backstop_engine::core::ErrorKind;
 use pulsar::producer::{Message, SendFuture};
 use pulsar::{ProducerOptions, TokioExecutor};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 use crate::client::ClientInner;
@@ -26,8 +32,17 @@ type Inner = pulsar::Producer<TokioExecutor>;
 /// Requests queued for the producer task at most; senders wait beyond.
 const REQUEST_QUEUE: usize = 1024;
 
+/// Which of the task's two pulsar producers a message goes through.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Lane {
+    /// The non-batching producer: each message is its own broker entry.
+    Single = 0,
+    /// The batching producer.
+    Batched = 1,
+}
+
 enum Request {
-    /// Create the pulsar producer if there is none.
+    /// Create the pulsar producer of the topic's default lane if there is none.
     Ready {
         deadline: Instant,
         reply: oneshot::Sender<Result<(), BrokerError>>,
@@ -36,6 +51,7 @@ enum Request {
     /// receipt future and the generation of the producer used.
     Send {
         message: Box<Message>,
+        lane: Lane,
         deadline: Instant,
         reply: oneshot::Sender<Result<(SendFuture, u64), BrokerError>>,
     },
@@ -44,10 +60,25 @@ enum Request {
     Invalidate { generation: u64 },
 }
 
+/// Bytes a message is counted for in the pending-bytes bound and the batching decision.
+fn message_bytes(message: &OutgoingMessage) -> usize {
+    let properties: usize = message
+        .properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    message.payload.len() + properties + message.key.as_ref().map_or(0, |k| k.len())
+}
+
 /// Publishes to one topic, implementing the engine's [`Producer`].
 ///
-/// - Never batches: each message is its own broker entry (a consumer acking it cannot ack other
-///   messages by accident), and the receipt names exactly this message.
+/// - Batches unkeyed messages by default ([`PulsarBatching`](crate::PulsarBatching): 1 ms,
+///   1,000 messages, 128 KiB); keyed messages, large ones and topics with batching off go as
+///   single entries. A send completes when the broker confirmed the entry holding its message
+///   and returns that message's id (with its batch index and the batch size when batched); a
+///   failed batch fails each of its sends with the batch's error (typed as any send error).
+/// - Memory is bounded: sends wait (within the operation timeout) while the unconfirmed sends
+///   of this producer hold [`max_pending_bytes`](crate::PulsarBatching::max_pending_bytes).
 /// - `send` waits for the broker's receipt, at most the operation timeout, and fails with
 ///   [`ErrorKind::Timeout`] past it (the message may still have been stored: at-least-once).
 ///   A message whose caller gave up before its turn came is not sent.
@@ -62,6 +93,12 @@ pub struct PulsarProducer {
     topic: String,
     operation_timeout: Duration,
     max_message_size: usize,
+    /// Largest message that may go into a batch; `None`: this producer never batches.
+    batch_max_bytes: Option<usize>,
+    /// Permits are payload bytes of unconfirmed sends.
+    room: Arc<Semaphore>,
+    max_pending_bytes: usize,
+    waited_for_room: AtomicU64,
     requests: mpsc::Sender<Request>,
 }
 
@@ -78,23 +115,70 @@ impl PulsarProducer {
     /// called inside a tokio runtime.
     pub(crate) fn new(inner: Arc<ClientInner>, topic: &str) -> PulsarProducer {
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+        let batching = &inner.options.batching;
+        let batch_max_bytes = batching
+            .batches_topic(topic)
+            .then(|| batching.effective_max_bytes(inner.options.max_message_size));
+        let max_pending_bytes = batching.max_pending_bytes.min(Semaphore::MAX_PERMITS);
         let producer = PulsarProducer {
             topic: topic.to_string(),
             operation_timeout: inner.options.operation_timeout,
             max_message_size: inner.options.max_message_size,
+            batch_max_bytes,
+            room: Arc::new(Semaphore::new(max_pending_bytes)),
+            max_pending_bytes,
+            waited_for_room: AtomicU64::new(0),
             requests,
+        };
+        let default_lane = if batch_max_bytes.is_some() {
+            Lane::Batched
+        } else {
+            Lane::Single
         };
         tokio::spawn(
             ProducerTask {
                 topic: topic.to_string(),
                 inner,
-                producer: None,
+                lanes: [None, None],
+                default_lane,
                 generation: 0,
                 queue,
             }
             .run(),
         );
         producer
+    }
+
+    /// Whether this producer batches messages that may be batched (unkeyed, not large).
+    pub fn batching(&self) -> bool {
+        self.batch_max_bytes.is_some()
+    }
+
+    /// Payload bytes of sends not confirmed yet (queued, batching or in flight); never more
+    /// than [`max_pending_bytes`](crate::PulsarBatching::max_pending_bytes).
+    pub fn pending_bytes(&self) -> usize {
+        self.max_pending_bytes
+            .saturating_sub(self.room.available_permits())
+    }
+
+    /// How many sends had to wait for room under the pending-bytes bound (back-pressure).
+    pub fn sends_waited_for_room(&self) -> u64 {
+        self.waited_for_room.load(Ordering::Relaxed)
+    }
+
+    /// The lane of a message: batched only when this producer batches, the message has no key
+    /// (a batch envelope carries none, see `PulsarBatching`) and it is small enough.
+    fn lane_of(&self, message: &Message, bytes: usize) -> Lane {
+        match self.batch_max_bytes {
+            Some(max)
+                if bytes <= max
+                    && message.partition_key.is_none()
+                    && message.ordering_key.is_none() =>
+            {
+                Lane::Batched
+            }
+            _ => Lane::Single,
+        }
     }
 
     /// Creates the pulsar producer if there is none, within the operation timeout.
@@ -146,7 +230,10 @@ impl PulsarProducer {
 struct ProducerTask {
     topic: String,
     inner: Arc<ClientInner>,
-    producer: Option<Inner>,
+    /// The pulsar producer of each lane (indexed by `Lane as usize`) and its generation.
+    lanes: [Option<(Inner, u64)>; 2],
+    /// The lane `Ready` prepares.
+    default_lane: Lane,
     /// Bumped whenever a new producer is installed, so that a failed send drops only the
     /// producer it used.
     generation: u64,
@@ -161,11 +248,12 @@ impl ProducerTask {
                     if reply.is_closed() {
                         continue;
                     }
-                    let result = self.ensure(deadline).await;
-                    let _ = reply.send(result);
+                    let result = self.ensure(self.default_lane, deadline).await;
+                    let _ = reply.send(result.map(|_| ()));
                 }
                 Request::Send {
                     message,
+                    lane,
                     deadline,
                     reply,
                 } => {
@@ -174,38 +262,52 @@ impl ProducerTask {
                     if reply.is_closed() {
                         continue;
                     }
-                    let result = self.enqueue(message, deadline).await;
+                    let result = self.enqueue(message, lane, deadline).await;
                     let _ = reply.send(result);
                 }
                 Request::Invalidate { generation } => {
-                    if self.generation == generation && self.producer.is_some() {
-                        tracing::info!(topic = %self.topic, "dropping the producer; the next send re-creates it");
-                        self.producer = None;
+                    for lane in &mut self.lanes {
+                        if lane.as_ref().is_some_and(|(_, g)| *g == generation) {
+                            tracing::info!(topic = %self.topic, "dropping the producer; the next send re-creates it");
+                            *lane = None;
+                        }
                     }
                 }
             }
         }
     }
 
-    async fn ensure(&mut self, deadline: Instant) -> Result<(), BrokerError> {
-        if self.producer.is_none() {
-            let producer = Box::pin(create(&self.inner, &self.topic, deadline)).await?;
-            self.producer = Some(producer);
+    /// The producer of `lane`, created if there is none; with its generation.
+    async fn ensure(
+        &mut self,
+        lane: Lane,
+        deadline: Instant,
+    ) -> Result<(&mut Inner, u64), BrokerError> {
+        let slot = &mut self.lanes[lane as usize];
+        if slot.is_none() {
+            let producer = Box::pin(create(
+                &self.inner,
+                &self.topic,
+                lane == Lane::Batched,
+                deadline,
+            ))
+            .await?;
             self.generation += 1;
+            *slot = Some((producer, self.generation));
         }
-        Ok(())
+        match slot.as_mut() {
+            Some((producer, generation)) => Ok((producer, *generation)),
+            None => Err(BrokerError::connection("producer vanished")),
+        }
     }
 
     async fn enqueue(
         &mut self,
         message: Box<Message>,
+        lane: Lane,
         deadline: Instant,
     ) -> Result<(SendFuture, u64), BrokerError> {
-        self.ensure(deadline).await?;
-        let generation = self.generation;
-        let Some(producer) = self.producer.as_mut() else {
-            return Err(BrokerError::connection("producer vanished"));
-        };
+        let (producer, generation) = self.ensure(lane, deadline).await?;
         // The crate's send future is large (about 17 KB): boxed, so that it is not copied
         // around with the futures that wait for it.
         let sent = timeout_at(deadline, Box::pin(producer.send_non_blocking(*message))).await;
@@ -213,13 +315,13 @@ impl ProducerTask {
             Ok(Ok(receipt)) => Ok((receipt, generation)),
             Ok(Err(e)) => {
                 if needs_rebuild(error_kind(&e)) {
-                    self.producer = None;
+                    self.lanes[lane as usize] = None;
                 }
                 Err(broker_error(&format!("sending to `{}`", self.topic), &e))
             }
             Err(_) => {
                 // the crate may still be trying to re-create its producer: start afresh
-                self.producer = None;
+                self.lanes[lane as usize] = None;
                 Err(BrokerError::timeout(format!(
                     "sending to `{}`: no answer within {:?}",
                     self.topic, self.inner.options.operation_timeout
@@ -229,10 +331,26 @@ impl ProducerTask {
     }
 }
 
-/// Creates a non-batching producer; the crate's build runs in its own task (see
+/// Creates a batching or non-batching producer; the crate's build runs in its own task (see
 /// `build_consumer` for why), transient errors are retried until `deadline`.
-async fn create(inner: &ClientInner, topic: &str, deadline: Instant) -> Result<Inner, BrokerError> {
+async fn create(
+    inner: &ClientInner,
+    topic: &str,
+    batched: bool,
+    deadline: Instant,
+) -> Result<Inner, BrokerError> {
     let context = format!("creating a producer for `{topic}`");
+    let batching = &inner.options.batching;
+    // batching off: batch_size, batch_byte_size and batch_timeout all None
+    let (batch_size, batch_byte_size, batch_timeout) = if batched {
+        (
+            Some(batching.max_messages),
+            Some(batching.effective_max_bytes(inner.options.max_message_size)),
+            Some(batching.max_delay),
+        )
+    } else {
+        (None, None, None)
+    };
     let mut delay = inner.options.reconnect_min_backoff;
     loop {
         let builder = inner
@@ -240,10 +358,9 @@ async fn create(inner: &ClientInner, topic: &str, deadline: Instant) -> Result<I
             .producer()
             .with_topic(topic)
             .with_options(ProducerOptions {
-                // batching off: batch_size, batch_byte_size and batch_timeout all None
-                batch_size: None,
-                batch_byte_size: None,
-                batch_timeout: None,
+                batch_size,
+                batch_byte_size,
+                batch_timeout,
                 // wait for room in the connection's queue (bounded by our timeout) rather than
                 // failing with SlowDown at once
                 block_queue_if_full: true,
@@ -310,10 +427,39 @@ impl Producer for PulsarProducer {
             ));
         }
         let deadline = Instant::now() + self.operation_timeout;
+        let bytes = message_bytes(&message);
         let message = Box::new(to_pulsar(message));
+        let lane = self.lane_of(&message, bytes);
+        // Back-pressure: hold this message's bytes until its receipt (dropped at return).
+        let cost = u32::try_from(bytes.clamp(1, self.max_pending_bytes)).unwrap_or(u32::MAX);
+        let _room = match self.room.clone().try_acquire_many_owned(cost) {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.waited_for_room.fetch_add(1, Ordering::Relaxed);
+                match timeout_at(deadline, self.room.clone().acquire_many_owned(cost)).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => {
+                        return Err(BrokerError::new(
+                            ErrorKind::Fatal,
+                            format!("sending to `{}`: the producer closed", self.topic),
+                        ))
+                    }
+                    Err(_) => {
+                        return Err(BrokerError::timeout(format!(
+                            "sending to `{}`: {} bytes still unconfirmed after {:?} (max_pending_bytes {})",
+                            self.topic,
+                            self.pending_bytes(),
+                            self.operation_timeout,
+                            self.max_pending_bytes
+                        )))
+                    }
+                }
+            }
+        };
         let (receipt, generation) = self
             .ask(deadline, "sending", |reply| Request::Send {
                 message,
+                lane,
                 deadline,
                 reply,
             })

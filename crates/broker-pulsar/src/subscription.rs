@@ -31,7 +31,7 @@ use crate::client::ClientInner;
 use crate::error::{broker_error, error_kind, is_transient_answer};
 use crate::id::PulsarMessageId;
 use crate::options;
-use crate::tracking::{AckAction, BatchTracker, DeliveryCounter};
+use crate::tracking::{AckAction, BatchTracker, Delivery, DeliveryCounter};
 
 type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
 
@@ -469,7 +469,12 @@ impl ConsumerTask {
                     }
                     Err(_) => break, // the subscription was dropped
                 },
-                item = next_item(&mut self.consumer), if pulling => self.on_item(item),
+                item = next_item(&mut self.consumer), if pulling => {
+                    self.on_item(item);
+                    if !self.pending_acks.is_empty() && self.consumer.is_some() {
+                        self.flush_pending_acks().await;
+                    }
+                }
                 _ = sleep_opt(nack_at) => self.flush_nacks().await,
                 built = join_build(&mut self.building) => {
                     self.building = None;
@@ -525,8 +530,14 @@ impl ConsumerTask {
             message.payload.metadata.num_messages_in_batch,
             partition,
         );
-        if !self.batches.on_delivery(&id) {
-            return None; // already acked: part of a batch redelivered for another message
+        match self.batches.on_delivery(&id) {
+            Delivery::Deliver => {}
+            // already acked: part of a batch redelivered for another message
+            Delivery::Skip => return None,
+            Delivery::Reack(entry) => {
+                self.pending_acks.push((entry.partition, entry.to_data()));
+                return None;
+            }
         }
         let redelivery_count = self.counts.on_delivery(&id);
         let pulsar::Payload { metadata, data } = message.payload;

@@ -11,6 +11,9 @@ use std::hash::Hash;
 
 use crate::id::{EntryKey, PulsarMessageId};
 
+/// Completed batches remembered (to skip and re-ack a late redelivery of one).
+const DONE_CAPACITY: usize = 10_000;
+
 /// Largest batch the tracker believes in; a larger claimed size is treated as this many
 /// messages (so acks of such a batch can never complete it early).
 const MAX_BATCH: i32 = 1 << 20;
@@ -24,6 +27,20 @@ pub(crate) enum AckAction {
     Entry(EntryKey),
     /// Other messages of the batch are not acked yet: send nothing now.
     Hold,
+}
+
+/// What to do with a delivered message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Hand it to the application.
+    Deliver,
+    /// Its batch came back (a nack of another of its messages) and the application already
+    /// acked this one: drop it.
+    Skip,
+    /// Its whole batch was acked already, yet the broker delivered it again (a redelivery that
+    /// crossed the entry's ack, or an ack lost with a connection): drop it and ack the entry
+    /// again.
+    Reack(EntryKey),
 }
 
 /// A FIFO-bounded map: inserting past `cap` forgets the oldest key.
@@ -61,6 +78,10 @@ impl<K: Copy + Eq + Hash, V> BoundedMap<K, V> {
             }
         }
         self.map.entry(key).or_insert_with(make)
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.map.contains_key(key)
     }
 
     #[cfg(test)]
@@ -120,29 +141,42 @@ impl BatchState {
 /// Acking one message of a batch with the pulsar crate acks the whole batch entry (it sends no
 /// batch-index ack set), which would drop the batch's other messages even if they were never
 /// handled. So acks of batched messages are held here until the batch is complete.
+///
+/// Completed batches are remembered for a while (the last [`DONE_CAPACITY`]): the broker may
+/// deliver a batch once more after its entry ack was sent (a redelivery requested by a nack of
+/// its last message crossing that ack); its messages are then dropped and the entry acked again
+/// instead of being handled twice.
 #[derive(Debug)]
 pub(crate) struct BatchTracker {
     batches: BoundedMap<EntryKey, BatchState>,
+    done: BoundedMap<EntryKey, ()>,
 }
 
 impl BatchTracker {
     pub(crate) fn new(cap: usize) -> Self {
         BatchTracker {
             batches: BoundedMap::new(cap),
+            done: BoundedMap::new(cap.min(DONE_CAPACITY)),
         }
     }
 
-    /// A message was delivered by the broker. Returns `false` when it is a batched message whose
-    /// ack the application already gave (the batch came back because of a nack of another of its
-    /// messages): it need not be handled again.
-    pub(crate) fn on_delivery(&mut self, id: &PulsarMessageId) -> bool {
+    /// A message was delivered by the broker: whether to hand it to the application.
+    pub(crate) fn on_delivery(&mut self, id: &PulsarMessageId) -> Delivery {
         if !id.is_batched() {
-            return true;
+            return Delivery::Deliver;
+        }
+        let entry = id.entry();
+        if self.done.contains(&entry) {
+            return Delivery::Reack(entry);
         }
         let state = self
             .batches
-            .get_or_insert_with(id.entry(), || BatchState::new(id.batch_size));
-        !state.is_acked(id.batch_index)
+            .get_or_insert_with(entry, || BatchState::new(id.batch_size));
+        if state.is_acked(id.batch_index) {
+            Delivery::Skip
+        } else {
+            Delivery::Deliver
+        }
     }
 
     /// The application acked `id`.
@@ -151,12 +185,16 @@ impl BatchTracker {
             return AckAction::Single(*id);
         }
         let entry = id.entry();
+        if self.done.contains(&entry) {
+            return AckAction::Entry(entry); // a duplicate: acking the entry again is harmless
+        }
         let done = self
             .batches
             .get_or_insert_with(entry, || BatchState::new(id.batch_size))
             .ack(id.batch_index);
         if done {
             self.batches.remove(&entry);
+            self.done.get_or_insert_with(entry, || ());
             AckAction::Entry(entry)
         } else {
             AckAction::Hold
@@ -230,7 +268,7 @@ mod tests {
     #[test]
     fn singles_are_acked_at_once() {
         let mut t = BatchTracker::new(10);
-        assert!(t.on_delivery(&single(3)));
+        assert_eq!(t.on_delivery(&single(3)), Delivery::Deliver);
         assert_eq!(t.on_ack(&single(3)), AckAction::Single(single(3)));
         assert_eq!(t.open_batches(), 0);
     }
@@ -239,7 +277,7 @@ mod tests {
     fn a_batch_is_acked_only_when_every_message_was() {
         let mut t = BatchTracker::new(10);
         for i in 0..3 {
-            assert!(t.on_delivery(&batched(7, i, 3)));
+            assert_eq!(t.on_delivery(&batched(7, i, 3)), Delivery::Deliver);
         }
         assert_eq!(t.on_ack(&batched(7, 2, 3)), AckAction::Hold);
         assert_eq!(t.on_ack(&batched(7, 2, 3)), AckAction::Hold, "double ack");
@@ -259,11 +297,37 @@ mod tests {
         }
         assert_eq!(t.on_ack(&batched(9, 0, 3)), AckAction::Hold);
         // index 1 nacked: the broker sends the whole batch again
-        assert!(!t.on_delivery(&batched(9, 0, 3)));
-        assert!(t.on_delivery(&batched(9, 1, 3)));
-        assert!(t.on_delivery(&batched(9, 2, 3)));
+        assert_eq!(t.on_delivery(&batched(9, 0, 3)), Delivery::Skip);
+        assert_eq!(t.on_delivery(&batched(9, 1, 3)), Delivery::Deliver);
+        assert_eq!(t.on_delivery(&batched(9, 2, 3)), Delivery::Deliver);
         assert_eq!(t.on_ack(&batched(9, 2, 3)), AckAction::Hold);
         assert!(matches!(t.on_ack(&batched(9, 1, 3)), AckAction::Entry(_)));
+    }
+
+    #[test]
+    fn a_completed_batch_delivered_again_is_dropped_and_acked_again() {
+        let mut t = BatchTracker::new(10);
+        for i in 0..2 {
+            t.on_delivery(&batched(4, i, 2));
+        }
+        assert_eq!(t.on_ack(&batched(4, 0, 2)), AckAction::Hold);
+        let entry = batched(4, 0, 2).entry();
+        assert_eq!(t.on_ack(&batched(4, 1, 2)), AckAction::Entry(entry));
+        // a redelivery that crossed the entry ack
+        assert_eq!(t.on_delivery(&batched(4, 0, 2)), Delivery::Reack(entry));
+        assert_eq!(t.on_delivery(&batched(4, 1, 2)), Delivery::Reack(entry));
+        assert_eq!(t.open_batches(), 0);
+        // remembered completions are bounded
+        let mut t = BatchTracker::new(2);
+        for e in 0..5 {
+            t.on_ack(&batched(e, 0, 1));
+        }
+        assert_eq!(t.done.len(), 2);
+        assert_eq!(t.on_delivery(&batched(0, 0, 1)), Delivery::Deliver);
+        assert_eq!(
+            t.on_delivery(&batched(4, 0, 1)),
+            Delivery::Reack(batched(4, 0, 1).entry())
+        );
     }
 
     #[test]

@@ -6,7 +6,6 @@ use super::Simulation;
 
 /// What [`run_seeds`] did.
 #[derive(Clone, Debug)]
-#[must_use = "check `first_failure`, or use check_seeds"]
 pub struct Seeds {
     /// Seeds run.
     pub runs: u64,
@@ -66,6 +65,7 @@ fn replay_command(seed: u64) -> String {
 ///
 /// # Panics
 /// When `BACKSTOP_SEED` or `BACKSTOP_SEEDS` is set to something other than a whole number.
+#[must_use = "check `first_failure`, or use check_seeds"]
 pub fn run_seeds(seeds: u64, build: impl Fn(&mut Simulation)) -> Seeds {
     let list: Vec<u64> = match env_u64("BACKSTOP_SEED") {
         Some(s) => vec![s],
