@@ -115,6 +115,11 @@ impl PulsarBroker {
             }
             builder = builder.with_auth_provider(Box::new(TokenProvider::new(source)));
         }
+        #[cfg(feature = "oauth2")]
+        if let Some(oauth2) = &options.oauth2 {
+            builder =
+                builder.with_auth_provider(oauth2_provider(oauth2, options.connect_timeout).await?);
+        }
         if let Some(pem) = options.trusted_ca_pem()? {
             builder = builder.with_certificate_chain(pem);
         }
@@ -221,5 +226,31 @@ impl Broker for PulsarBroker {
         spec: &SubscriptionSpec,
     ) -> Result<Arc<dyn Subscription>, BrokerError> {
         Ok(Arc::new(self.pulsar_subscribe(spec).await?))
+    }
+}
+
+/// The OAuth2 provider, with its first token already fetched: a bad secret or an unreachable
+/// issuer fails here with the identity provider's own answer (the broker would only say
+/// "Failed to authenticate"), and the crate starts with the cached token (no second request).
+#[cfg(feature = "oauth2")]
+async fn oauth2_provider(
+    oauth2: &crate::oauth2::OAuth2,
+    timeout: Duration,
+) -> Result<Box<dyn pulsar::authentication::Authentication>, ConnectError> {
+    let mut provider = oauth2.provider();
+    let first = async {
+        provider.initialize().await?;
+        provider.auth_data().await
+    };
+    match tokio::time::timeout(timeout, first).await {
+        Err(_) => Err(ConnectError::Broker(BrokerError::timeout(format!(
+            "OAuth2: no token from the issuer `{}` within {timeout:?}",
+            oauth2.issuer_url
+        )))),
+        Ok(Err(e)) => Err(ConnectError::Broker(BrokerError::new(
+            ErrorKind::Auth,
+            format!("OAuth2: {e}"),
+        ))),
+        Ok(Ok(_)) => Ok(provider),
     }
 }

@@ -106,6 +106,7 @@ mod error;
 mod health;
 mod id;
 mod nodelay;
+mod oauth2;
 mod options;
 mod producer;
 mod subscription;
@@ -121,6 +122,7 @@ pub use dlq::{
 pub use error::{broker_error, connection_kind, error_kind, server_kind, ConnectError};
 pub use health::probe;
 pub use id::{EntryKey, InvalidMessageId, PulsarMessageId};
+pub use oauth2::OAuth2;
 pub use options::{validate_url, ConfigError, InitialPosition, PulsarOptions};
 pub use producer::PulsarProducer;
 pub use subscription::PulsarSubscription;

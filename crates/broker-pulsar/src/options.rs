@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::auth::TokenSource;
 use crate::batching::PulsarBatching;
+use crate::oauth2::OAuth2;
 
 /// Where a new subscription starts reading. Only matters the first time a subscription name is
 /// used on a topic; afterwards the broker remembers its position.
@@ -72,6 +73,9 @@ pub struct PulsarOptions {
     pub auth_token_file: Option<PathBuf>,
     /// An environment variable holding the JWT, read like [`PulsarOptions::auth_token_file`].
     pub auth_token_env: Option<String>,
+    /// OAuth2 client-credentials authentication instead of a token (feature `oauth2`; see
+    /// [`OAuth2`]). Excludes `auth_token`, `auth_token_file` and `auth_token_env`.
+    pub oauth2: Option<OAuth2>,
     /// PEM certificates to trust for `pulsar+ssl://` URLs, in addition to the web PKI roots.
     /// The broker's host name is always verified against its certificate.
     pub tls_ca_pem: Option<Vec<u8>>,
@@ -107,6 +111,7 @@ impl std::fmt::Debug for PulsarOptions {
             )
             .field("auth_token_file", &self.auth_token_file)
             .field("auth_token_env", &self.auth_token_env)
+            .field("oauth2", &self.oauth2)
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(|p| p.len()))
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tcp_nodelay", &self.tcp_nodelay)
@@ -130,6 +135,7 @@ impl Default for PulsarOptions {
             auth_token: None,
             auth_token_file: None,
             auth_token_env: None,
+            oauth2: None,
             tls_ca_pem: None,
             tls_ca_file: None,
             tcp_nodelay: true,
@@ -155,9 +161,13 @@ pub enum ConfigError {
         /// The maximum.
         max: Duration,
     },
-    /// More than one of `auth_token`, `auth_token_file`, `auth_token_env` is set.
-    #[error("set only one of `auth_token`, `auth_token_file` and `auth_token_env`")]
+    /// More than one of `auth_token`, `auth_token_file`, `auth_token_env`, `oauth2` is set.
+    #[error("set only one of `auth_token`, `auth_token_file`, `auth_token_env` and `oauth2`")]
     ConflictingAuth,
+    /// The OAuth2 settings are unusable (no `oauth2` feature, a bad issuer URL, an unreadable
+    /// credentials file). Names the file, never the secret.
+    #[error("OAuth2: {0}")]
+    OAuth2(String),
     /// The token could not be read (missing file or variable, empty). Names where it was
     /// looked for, never the token.
     #[error("auth token: {0}")]
@@ -287,6 +297,12 @@ impl PulsarOptions {
         self
     }
 
+    /// Sets [`PulsarOptions::oauth2`].
+    pub fn with_oauth2(mut self, oauth2: OAuth2) -> Self {
+        self.oauth2 = Some(oauth2);
+        self
+    }
+
     /// Sets [`PulsarOptions::batching`].
     pub fn with_batching(mut self, batching: PulsarBatching) -> Self {
         self.batching = batching;
@@ -323,6 +339,7 @@ impl PulsarOptions {
             self.auth_token.is_some(),
             self.auth_token_file.is_some(),
             self.auth_token_env.is_some(),
+            self.oauth2.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() > 1 {
             return Err(ConfigError::ConflictingAuth);
@@ -335,6 +352,9 @@ impl PulsarOptions {
             return Err(ConfigError::Token(
                 "the configured auth token is empty".into(),
             ));
+        }
+        if let Some(o) = &self.oauth2 {
+            o.validate()?;
         }
         self.batching.validate()?;
         Ok(())

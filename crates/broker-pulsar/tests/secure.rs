@@ -8,6 +8,10 @@
 //!   cargo test -p backstop-pulsar --test secure
 //! ```
 //!
+//! The OAuth2 tests also need `BACKSTOP_OAUTH2_ISSUER` and `BACKSTOP_OAUTH2_CREDENTIALS` (the
+//! issuer of `scripts/oauth2-issuer` and a client's key file; scripts/test-secure starts it) and
+//! the `oauth2` feature (`--features oauth2`; the target requires it).
+//!
 //! Never skips: without those variables or the broker every test fails and says why.
 
 use std::io::Write;
@@ -19,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use backstop::{ConsumerSpec, ErrorKind, Task, TaskSpec};
 use backstop_engine::broker::{Broker, OutgoingMessage, SubscriptionSpec};
 use backstop_engine::runtime::Backstop;
-use backstop_pulsar::{ConnectError, PulsarBroker, PulsarOptions};
+use backstop_pulsar::{ConnectError, OAuth2, PulsarBroker, PulsarOptions};
 
 // ------------------------------------------------------------------------------------------
 // where the secured broker is
@@ -491,4 +495,112 @@ async fn secrets_never_appear_in_debug_output_or_logs() {
         assert!(!text.contains(&format!("{key:?}")), "{what} shows the key");
     }
     assert!(!logs().is_empty(), "the capture works");
+}
+
+// ------------------------------------------------------------------------------------------
+// OAuth2 client credentials (scripts/oauth2-issuer: tokens for role `app`, living 5 s)
+// ------------------------------------------------------------------------------------------
+
+fn oauth2() -> OAuth2 {
+    OAuth2::new(
+        env("BACKSTOP_OAUTH2_ISSUER"),
+        env("BACKSTOP_OAUTH2_CREDENTIALS"),
+    )
+}
+
+/// The client secret of the key file scripts/test-secure wrote.
+fn client_secret() -> String {
+    let text = std::fs::read_to_string(env("BACKSTOP_OAUTH2_CREDENTIALS")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["client_secret"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn oauth2_client_credentials_round_trip_and_tokens_are_refreshed() {
+    let broker = connect_ok(base().with_oauth2(oauth2())).await;
+    round_trip(&broker, &topic_of("app", "oauth2")).await;
+    // The role the issuer put in the token is the one authorized: not in `other`.
+    let Err(e) = broker.producer(&topic_of("other", "oauth2")).await else {
+        panic!("role app must not produce in public/other")
+    };
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    // Tokens live 5 s and the broker checks every 2 s: after 12 s the session still works only
+    // if the client fetched new tokens and answered the broker's challenges with them.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    round_trip(&broker, &topic_of("app", "oauth2-later")).await;
+    let log = std::fs::read_to_string(
+        PathBuf::from(env("BACKSTOP_OAUTH2_CREDENTIALS")).with_file_name("issuer.log"),
+    )
+    .unwrap_or_default();
+    assert!(
+        log.matches("POST /token").count() >= 2,
+        "the issuer saw fewer than two token requests:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn oauth2_wrong_client_secret_is_auth_at_connect() {
+    let dir = std::env::temp_dir().join(unique("backstop-oauth2"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrong = dir.join("wrong.json");
+    std::fs::write(
+        &wrong,
+        r#"{"client_id":"app-svc","client_secret":"not-the-secret"}"#,
+    )
+    .unwrap();
+    let issuer = env("BACKSTOP_OAUTH2_ISSUER");
+    let e = auth_err(
+        connect(
+            &tls_url(),
+            base().with_oauth2(OAuth2::new(issuer.clone(), &wrong)),
+        )
+        .await,
+        "wrong client secret",
+    );
+    assert!(e.to_string().contains("OAuth2"), "{e}");
+    assert!(!e.to_string().contains("not-the-secret"), "{e}");
+    // An issuer that does not answer: Auth at connect too, naming the discovery.
+    let e = auth_err(
+        connect(
+            &tls_url(),
+            base().with_oauth2(OAuth2::new("http://127.0.0.1:9/", &wrong)),
+        )
+        .await,
+        "issuer unreachable",
+    );
+    assert!(e.to_string().contains("discover"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn oauth2_settings_are_checked_when_the_client_is_built() {
+    let e = PulsarBroker::connect(
+        &tls_url(),
+        base().with_oauth2(OAuth2::new("ftp://example/", "/nonexistent.json")),
+    )
+    .await
+    .expect_err("an ftp issuer is rejected");
+    assert!(e.to_string().contains("OAuth2"), "{e}");
+    let both = base()
+        .with_oauth2(oauth2())
+        .with_auth_token(read("app.jwt"));
+    let e = PulsarBroker::connect(&tls_url(), both)
+        .await
+        .expect_err("a token and OAuth2 together are rejected");
+    assert!(e.to_string().contains("only one"), "{e}");
+}
+
+#[tokio::test]
+async fn oauth2_client_secret_never_appears_in_debug_output_or_logs() {
+    let options = base().with_oauth2(oauth2());
+    let broker = connect_ok(options.clone()).await;
+    round_trip(&broker, &topic_of("app", "oauth2-logs")).await;
+    let secret = client_secret();
+    for (what, text) in [
+        ("Debug of PulsarOptions", format!("{options:?}")),
+        ("Debug of PulsarBroker", format!("{broker:?}")),
+        ("logs", logs()),
+    ] {
+        assert!(!text.contains(&secret), "{what} shows the client secret");
+    }
 }
