@@ -527,6 +527,11 @@ async fn partitioned_topics_route_acks_to_their_partition() {
             assert_eq!(m.topic, topic, "the logical topic, not the partition");
             let id = PulsarMessageId::from_message_id(&m.id).expect("id");
             partitions.insert(id.partition);
+            assert_eq!(
+                m.metadata.partition,
+                Some(id.partition),
+                "the delivery names its partition (Delivery::partition)"
+            );
             sub.ack(&m.id).await.expect("ack");
             got.insert(text(&m));
         }
