@@ -174,15 +174,15 @@ pub enum SubscriptionType {
 impl std::str::FromStr for SubscriptionType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
-            "shared" => Ok(SubscriptionType::Shared),
-            "exclusive" => Ok(SubscriptionType::Exclusive),
-            "failover" => Ok(SubscriptionType::Failover),
-            "keyshared" => Ok(SubscriptionType::KeyShared),
-            _ => Err(format!(
-                "unknown subscription type `{s}` (shared, exclusive, failover, key_shared)"
-            )),
-        }
+        Ok(
+            match crate::core::settings_text::subscription_type_text(s)? {
+                "Shared" => SubscriptionType::Shared,
+                "Exclusive" => SubscriptionType::Exclusive,
+                "Failover" => SubscriptionType::Failover,
+                "KeyShared" => SubscriptionType::KeyShared,
+                other => return Err(format!("no subscription type `{other}`")),
+            },
+        )
     }
 }
 

@@ -133,12 +133,8 @@ pub(crate) fn duration(args: &[Arg], name: &str) -> syn::Result<Option<u64>> {
     };
     let (nanos, span) = match &a.lit {
         Lit::Str(s) => {
-            let d = humantime::parse_duration(&s.value()).map_err(|e| {
-                syn::Error::new(
-                    s.span(),
-                    format!("`{name}` is not a duration ({e}); write e.g. \"5s\" or \"250ms\""),
-                )
-            })?;
+            let d = crate::settings::duration_text(&s.value())
+                .map_err(|e| syn::Error::new(s.span(), format!("`{name}`: {e}")))?;
             (d.as_nanos(), s.span())
         }
         Lit::Int(i) => {

@@ -48,18 +48,12 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     }
     let kind = match args::string(&args, "subscription_type")? {
         None => None,
-        Some((k, span)) => Some(match k.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
-            "shared" => quote!(Shared),
-            "exclusive" => quote!(Exclusive),
-            "failover" => quote!(Failover),
-            "keyshared" => quote!(KeyShared),
-            _ => {
-                return Err(syn::Error::new(
-                    span,
-                    format!("unknown subscription_type `{k}`; expected shared, exclusive, failover or key_shared"),
-                ))
-            }
-        }),
+        Some((k, span)) => {
+            let variant = crate::settings::subscription_type_text(&k)
+                .map_err(|e| syn::Error::new(span, format!("`subscription_type`: {e}")))?;
+            let variant = quote::format_ident!("{}", variant);
+            Some(quote!(#variant))
+        }
     };
     let sig = &f.sig;
     if sig.asyncness.is_none() {

@@ -9,6 +9,7 @@
 mod args;
 mod consumer;
 mod handler;
+mod settings;
 mod task;
 mod topic;
 

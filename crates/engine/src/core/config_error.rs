@@ -49,20 +49,5 @@ pub fn parse_duration(
     setting: &'static str,
     text: &str,
 ) -> Result<std::time::Duration, ConfigError> {
-    let text = text.trim();
-    if let Ok(secs) = text.parse::<f64>() {
-        if secs.is_finite() && (0.0..1e12).contains(&secs) {
-            return Ok(std::time::Duration::from_secs_f64(secs));
-        }
-        return Err(ConfigError::new(
-            setting,
-            format!("`{text}` is not a non-negative number of seconds"),
-        ));
-    }
-    humantime::parse_duration(text).map_err(|e| {
-        ConfigError::new(
-            setting,
-            format!("`{text}` is not a duration ({e}); write e.g. `5s` or `250ms`"),
-        )
-    })
+    super::settings_text::duration_text(text).map_err(|reason| ConfigError::new(setting, reason))
 }

@@ -23,6 +23,7 @@ mod error;
 pub mod planted;
 mod producer;
 mod retry;
+pub(crate) mod settings_text;
 mod slab;
 mod time;
 mod timers;
