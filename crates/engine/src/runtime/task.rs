@@ -128,8 +128,37 @@ pub struct Task {
     bs: Backstop,
     spec: Arc<TaskSpec>,
     breaker_name: Arc<str>,
-    breaker_recovery: std::time::Duration,
     shared: Arc<Mutex<Shared>>,
+    driver: Arc<Driver>,
+}
+
+/// The one timer of a task: a tokio task that sleeps until the machine's `poll_timeout` (retry
+/// delays, the breaker's recovery) and feeds it `handle_timeout`, woken early whenever a call
+/// changes the machine. Started on first use (inside a runtime); stopped when the last clone of
+/// the [`Task`] is dropped. Calls themselves only wait for their own actions.
+struct Driver {
+    wake: Arc<tokio::sync::Notify>,
+    running: std::sync::OnceLock<tokio::task::AbortHandle>,
+    /// The driver's own handle on the task: it never starts another driver.
+    inert: bool,
+}
+
+impl Driver {
+    fn new(inert: bool) -> Driver {
+        Driver {
+            wake: Arc::new(tokio::sync::Notify::new()),
+            running: std::sync::OnceLock::new(),
+            inert,
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(h) = self.running.get() {
+            h.abort();
+        }
+    }
 }
 
 impl Task {
@@ -143,11 +172,11 @@ impl Task {
             bs: bs.clone(),
             spec: Arc::new(spec),
             breaker_name,
-            breaker_recovery: cfg.breaker().recovery_timeout(),
             shared: Arc::new(Mutex::new(Shared {
                 machine: ProducerMachine::new(cfg),
                 mailboxes: BTreeMap::new(),
             })),
+            driver: Arc::new(Driver::new(false)),
         })
     }
 
@@ -161,17 +190,26 @@ impl Task {
         &self.breaker_name
     }
 
-    /// Turns the breaker half-open when its recovery timeout passes even if no call comes, so
-    /// the state gauge never shows a stale "open".
-    fn wake_at_recovery(&self, at: Time) {
-        let task = self.clone();
-        let when = self.bs.clock().instant(at);
-        tokio::spawn(async move {
-            tokio::time::sleep_until(when).await;
-            let now = task.now();
-            task.lock().machine.handle_timeout(now);
-            task.route();
-        });
+    /// Wakes the driver (starting it on first use) to sleep on the machine's new deadline.
+    fn kick(&self) {
+        let d = &self.driver;
+        if d.inert {
+            return;
+        }
+        if d.running.get().is_none() {
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return; // outside a runtime: the first call starts it
+            };
+            let own = Task {
+                driver: Arc::new(Driver::new(true)),
+                ..self.clone()
+            };
+            let wake = d.wake.clone();
+            let _ = d
+                .running
+                .get_or_init(|| rt.spawn(drive(own, wake)).abort_handle());
+        }
+        d.wake.notify_one();
     }
 
     /// Calls under way (started, not completed).
@@ -292,7 +330,7 @@ impl Task {
             key
         };
         let _guard = MailboxGuard { task: self, key };
-        let mut deadline = self.route();
+        self.route();
         let mut abort = self.bs.inner.abort_calls.subscribe();
         let mut value: Option<T> = None;
         let mut payload: Option<Vec<u8>> = None;
@@ -304,12 +342,6 @@ impl Task {
             let action = tokio::select! {
                 biased;
                 a = rx.recv() => a,
-                _ = sleep_until_opt(deadline.map(|at| self.bs.clock().instant(at))) => {
-                    let now = self.now();
-                    self.lock().machine.handle_timeout(now);
-                    deadline = self.route();
-                    continue;
-                }
                 _ = abort.wait_for(|a| *a) => {
                     tracing::warn!(topic = %topic, "shutdown: task call abandoned, data returned to the caller");
                     return Err(self.failure(FailureReason::ShuttingDown, 0, dead_letter, args, payload));
@@ -467,7 +499,7 @@ impl Task {
                     };
                 }
             }
-            deadline = self.route();
+            self.route();
         }
     }
 
@@ -575,7 +607,10 @@ impl Task {
         self.bs
             .metrics()
             .set_breaker_failures(&self.breaker_name, s.machine.breaker_failures());
-        s.machine.poll_timeout()
+        let deadline = s.machine.poll_timeout();
+        drop(s);
+        self.kick();
+        deadline
     }
 
     fn record(&self, ev: &ProducerEvent) {
@@ -599,9 +634,6 @@ impl Task {
             ProducerEvent::Breaker(t) => {
                 m.record_transition(&self.breaker_name, t);
                 tracing::warn!(breaker = %self.breaker_name, from = t.from.as_str(), to = t.to.as_str(), failures = t.failures, "circuit breaker transition");
-                if t.to == crate::core::BreakerState::Open {
-                    self.wake_at_recovery(t.at + self.breaker_recovery);
-                }
             }
         }
     }
@@ -626,10 +658,27 @@ impl Drop for MailboxGuard<'_> {
     }
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+/// The driver's loop (see [`Driver`]): sleep until the machine's deadline or a kick, whichever
+/// comes first; at the deadline, feed the machine `handle_timeout` and route what it decided.
+async fn drive(task: Task, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let kicked = wake.notified();
+        tokio::pin!(kicked);
+        kicked.as_mut().enable();
+        let deadline = task.lock().machine.poll_timeout();
+        match deadline {
+            None => kicked.await,
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(task.bs.clock().instant(at)) => {
+                        let now = task.now();
+                        task.lock().machine.handle_timeout(now);
+                        task.route();
+                    }
+                    _ = &mut kicked => {}
+                }
+            }
+        }
     }
 }
 
