@@ -13,7 +13,7 @@ use backstop_engine::broker::{
     MessageId, OutgoingMessage, Producer, ReceivedMessage, Subscription, SubscriptionSpec,
 };
 use backstop_engine::runtime::DeadLetterRecord;
-use backstop_pulsar::{InitialPosition, PulsarBroker, PulsarOptions};
+use backstop_pulsar::{InitialPosition, PulsarBatching, PulsarBroker, PulsarOptions};
 use futures::StreamExt;
 
 /// `BACKSTOP_PULSAR_URL`, default `pulsar://127.0.0.1:6650`.
@@ -39,9 +39,12 @@ pub fn say(line: &str) {
 
 /// Connects (reading from the earliest message), or panics saying how to start a broker.
 pub async fn connect() -> PulsarBroker {
+    // Unbatched, so that the admin API's backlog (which counts broker entries, and a batch is
+    // one entry) equals the number of records the tests wrote.
     let options = PulsarOptions::default()
         .with_initial_position(InitialPosition::Earliest)
-        .with_connect_timeout(Duration::from_secs(5));
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_batching(PulsarBatching::disabled());
     match PulsarBroker::connect(&url(), options).await {
         Ok(b) => b,
         Err(e) => panic!(
