@@ -321,3 +321,71 @@ fn breaker_env_overrides_are_validated_by_name() {
         );
     });
 }
+
+/// Counts producer creations and makes each take a while, so concurrent first uses overlap.
+struct SlowProducers {
+    inner: backstop_mem::MemBroker,
+    created: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[async_trait::async_trait]
+impl backstop::broker::Broker for SlowProducers {
+    async fn producer(
+        &self,
+        topic: &str,
+    ) -> Result<Arc<dyn backstop::broker::Producer>, backstop::broker::BrokerError> {
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.inner.producer(topic).await
+    }
+    async fn subscribe(
+        &self,
+        spec: &backstop::broker::SubscriptionSpec,
+    ) -> Result<Arc<dyn backstop::broker::Subscription>, backstop::broker::BrokerError> {
+        self.inner.subscribe(spec).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_first_publishes_create_one_producer_per_topic() {
+    let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let broker = SlowProducers {
+        inner: backstop_mem::MemBroker::new(),
+        created: created.clone(),
+    };
+    let bs = backstop::Backstop::builder(Arc::new(broker))
+        .env_from(std::collections::BTreeMap::new())
+        .build()
+        .unwrap();
+    let task = Task::new(&bs, TaskSpec::new("orders").build().unwrap()).unwrap();
+    let calls: Vec<_> = (0..20)
+        .map(|i: i64| {
+            let task = task.clone();
+            tokio::spawn(async move {
+                task.call(i, |i: &i64| {
+                    let i = *i;
+                    async move { Ok::<_, TaskError>(i) }
+                })
+                .await
+            })
+        })
+        .collect();
+    for c in calls {
+        assert!(c.await.unwrap().is_ok());
+    }
+    assert_eq!(
+        created.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "20 concurrent first calls share one producer creation"
+    );
+    // A second topic gets its own producer, and the shared send path publishes to it.
+    bs.send(
+        "audit",
+        backstop::broker::OutgoingMessage::new("x"),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::broker::{Broker, BrokerError, Producer};
+use crate::broker::{Broker, BrokerError, MessageId, OutgoingMessage, Producer};
 use crate::core::{BreakerConfig, ConfigError, ErrorKind};
 
 use super::clock::Clock;
 use super::metrics::Metrics;
 use super::observer::Observer;
 use super::spec::Classifier;
+
+/// A topic's producer, created once.
+type ProducerCell = Arc<tokio::sync::OnceCell<Arc<dyn Producer>>>;
 
 pub(crate) struct Inner {
     pub(crate) broker: Arc<dyn Broker>,
@@ -28,7 +31,9 @@ pub(crate) struct Inner {
     pub(crate) abort_calls: tokio::sync::watch::Sender<bool>,
     /// Consumers started in this context: how to stop each, and how to see it finished.
     consumers: std::sync::Mutex<Vec<ConsumerEntry>>,
-    producers: tokio::sync::Mutex<BTreeMap<String, Arc<dyn Producer>>>,
+    /// One producer per topic, shared by tasks, dead-letter and retry publishing; each cell
+    /// is filled once at a time (concurrent first uses wait for one creation, never a storm).
+    producers: std::sync::Mutex<BTreeMap<String, ProducerCell>>,
 }
 
 /// The context: cheap to clone, shared by every task and consumer of a service.
@@ -166,7 +171,7 @@ impl BackstopBuilder {
                 calls: tokio::sync::watch::Sender::new(0),
                 abort_calls: tokio::sync::watch::Sender::new(false),
                 consumers: std::sync::Mutex::new(Vec::new()),
-                producers: tokio::sync::Mutex::new(BTreeMap::new()),
+                producers: std::sync::Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -214,30 +219,85 @@ impl Backstop {
         self.inner.clock
     }
 
-    /// A producer for `topic`, created on first use (with a timeout) and cached.
+    /// A producer for `topic`, created on first use (with a timeout) and cached. Concurrent
+    /// first uses wait for the one creation under way; a failed creation leaves the topic
+    /// empty for the next use.
     pub async fn producer(&self, topic: &str) -> Result<Arc<dyn Producer>, BrokerError> {
-        let mut cache = self.inner.producers.lock().await;
-        if let Some(p) = cache.get(topic) {
-            return Ok(p.clone());
-        }
-        let p = tokio::time::timeout(
-            self.inner.producer_timeout,
-            self.inner.broker.producer(topic),
-        )
-        .await
-        .map_err(|_| {
-            BrokerError::new(
-                ErrorKind::Timeout,
-                format!("creating a producer for `{topic}` timed out"),
+        let cell = {
+            let mut cache = self
+                .inner
+                .producers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = cache.get(topic).and_then(|c| c.get()) {
+                return Ok(p.clone());
+            }
+            cache.entry(topic.to_string()).or_default().clone()
+        };
+        cell.get_or_try_init(|| async {
+            tokio::time::timeout(
+                self.inner.producer_timeout,
+                self.inner.broker.producer(topic),
             )
-        })??;
-        cache.insert(topic.to_string(), p.clone());
-        Ok(p)
+            .await
+            .map_err(|_| {
+                BrokerError::new(
+                    ErrorKind::Timeout,
+                    format!("creating a producer for `{topic}` timed out"),
+                )
+            })?
+        })
+        .await
+        .cloned()
     }
 
     /// Forgets a cached producer (after it failed), so the next use creates a fresh one.
     pub async fn drop_producer(&self, topic: &str) {
-        self.inner.producers.lock().await.remove(topic);
+        self.inner
+            .producers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(topic);
+    }
+
+    /// Publishes `msg` to `topic` through the shared producer: the one path every publish of
+    /// backstop takes (task calls, dead-letter records, retry copies). A send that takes longer
+    /// than `timeout` fails as Timeout; on a transient (Connection, Timeout) or Fatal failure the
+    /// producer is dropped so the next send creates a fresh one. A confirmed send's latency is
+    /// observed as `pulsar_latency_seconds{operation="publish"}`.
+    ///
+    /// ```
+    /// # async fn demo(bs: backstop_engine::runtime::Backstop) -> Result<(), backstop_engine::broker::BrokerError> {
+    /// use backstop_engine::broker::OutgoingMessage;
+    /// use std::time::Duration;
+    /// let id = bs.send("audit", OutgoingMessage::new("hello"), Duration::from_secs(5)).await?;
+    /// # let _ = id; Ok(()) }
+    /// ```
+    pub async fn send(
+        &self,
+        topic: &str,
+        msg: OutgoingMessage,
+        timeout: Duration,
+    ) -> Result<MessageId, BrokerError> {
+        let started = tokio::time::Instant::now();
+        let producer = self.producer(topic).await?;
+        let r = match tokio::time::timeout(timeout, producer.send(msg)).await {
+            Ok(r) => r,
+            Err(_) => Err(BrokerError::timeout(format!(
+                "send to `{topic}` timed out after {timeout:?}"
+            ))),
+        };
+        match &r {
+            Err(e) if e.kind().is_transient() || e.kind() == ErrorKind::Fatal => {
+                self.drop_producer(topic).await;
+            }
+            Err(_) => {}
+            Ok(_) => {
+                self.metrics()
+                    .observe_latency(topic, "publish", started.elapsed().as_secs_f64())
+            }
+        }
+        r
     }
 
     /// Counts a task call as under way until the guard drops.

@@ -551,20 +551,10 @@ impl<M: Send + 'static> Driver<M> {
                 let bs = self.bs.clone();
                 let done = done_tx.clone();
                 self.io.spawn(async move {
-                    let r = match bs.producer(&dlq_topic).await {
-                        Ok(p) => match tokio::time::timeout(Duration::from_secs(10), p.send(msg))
-                            .await
-                        {
-                            Ok(r) => r.map(|_| ()),
-                            Err(_) => Err(BrokerError::timeout("dead-letter publish timed out")),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = &r {
-                        if e.kind().is_transient() {
-                            bs.drop_producer(&dlq_topic).await;
-                        }
-                    }
+                    let r = bs
+                        .send(&dlq_topic, msg, Duration::from_secs(10))
+                        .await
+                        .map(|_| ());
                     let _ = done.send(Done::Dlq(key, r));
                 });
             }

@@ -522,26 +522,9 @@ impl Task {
     }
 
     async fn send(&self, topic: &str, msg: OutgoingMessage) -> Result<MessageId, BrokerError> {
-        let started = tokio::time::Instant::now();
-        let producer = self.bs.producer(topic).await?;
-        let r = match tokio::time::timeout(self.spec.send_timeout_value(), producer.send(msg)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(BrokerError::timeout(format!(
-                "send to `{topic}` timed out after {:?}",
-                self.spec.send_timeout_value()
-            ))),
-        };
-        if let Err(e) = &r {
-            if e.kind().is_transient() || e.kind() == ErrorKind::Fatal {
-                self.bs.drop_producer(topic).await;
-            }
-        } else {
-            self.bs
-                .metrics()
-                .observe_latency(topic, "publish", started.elapsed().as_secs_f64());
-        }
-        r
+        self.bs
+            .send(topic, msg, self.spec.send_timeout_value())
+            .await
     }
 
     fn now(&self) -> Time {
