@@ -138,6 +138,9 @@ pub struct Task {
 /// the [`Task`] is dropped. Calls themselves only wait for their own actions.
 struct Driver {
     wake: Arc<tokio::sync::Notify>,
+    /// The deadline the driver sleeps until, in core nanoseconds (`u64::MAX`: none), written
+    /// under the task's lock: a route wakes it only when the machine's deadline moved earlier.
+    armed: Arc<std::sync::atomic::AtomicU64>,
     running: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// The driver's own handle on the task: it never starts another driver.
     inert: bool,
@@ -147,6 +150,7 @@ impl Driver {
     fn new(inert: bool) -> Driver {
         Driver {
             wake: Arc::new(tokio::sync::Notify::new()),
+            armed: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
             running: std::sync::OnceLock::new(),
             inert,
         }
@@ -190,18 +194,28 @@ impl Task {
         &self.breaker_name
     }
 
-    /// Wakes the driver (starting it on first use) to sleep on the machine's new deadline.
-    fn kick(&self) {
+    /// Wakes the driver (starting it on first use) when the machine's deadline is earlier than
+    /// the one it sleeps on. Called with the task's lock held, so the driver's `armed` value is
+    /// never stale here.
+    fn kick(&self, deadline: Option<Time>) {
         let d = &self.driver;
         if d.inert {
+            return;
+        }
+        let Some(at) = deadline else { return };
+        if d.running.get().is_some()
+            && at.as_nanos() >= d.armed.load(std::sync::atomic::Ordering::Acquire)
+        {
             return;
         }
         if d.running.get().is_none() {
             let Ok(rt) = tokio::runtime::Handle::try_current() else {
                 return; // outside a runtime: the first call starts it
             };
+            let mut inert = Driver::new(true);
+            inert.armed = d.armed.clone();
             let own = Task {
-                driver: Arc::new(Driver::new(true)),
+                driver: Arc::new(inert),
                 ..self.clone()
             };
             let wake = d.wake.clone();
@@ -591,8 +605,7 @@ impl Task {
             .metrics()
             .set_breaker_failures(&self.breaker_name, s.machine.breaker_failures());
         let deadline = s.machine.poll_timeout();
-        drop(s);
-        self.kick();
+        self.kick(deadline);
         deadline
     }
 
@@ -648,7 +661,15 @@ async fn drive(task: Task, wake: Arc<tokio::sync::Notify>) {
         let kicked = wake.notified();
         tokio::pin!(kicked);
         kicked.as_mut().enable();
-        let deadline = task.lock().machine.poll_timeout();
+        let deadline = {
+            let mut s = task.lock();
+            let deadline = s.machine.poll_timeout();
+            let armed = deadline.map_or(u64::MAX, Time::as_nanos);
+            task.driver
+                .armed
+                .store(armed, std::sync::atomic::Ordering::Release);
+            deadline
+        };
         match deadline {
             None => kicked.await,
             Some(at) => {
