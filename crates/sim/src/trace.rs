@@ -255,8 +255,12 @@ fn encode(what: &What, out: &mut impl FnMut(u64)) {
             ConsumerAction::Resume => out(0x16),
         },
         What::ConsumerEvent(e) => match *e {
-            ConsumerEvent::Received { key, poison } => {
-                out(0x20 | u64::from(poison) << 8);
+            ConsumerEvent::Received {
+                key,
+                poison,
+                prior_runs,
+            } => {
+                out(0x20 | u64::from(poison) << 8 | u64::from(prior_runs) << 16);
                 out(key.as_u64());
             }
             ConsumerEvent::Invoked {

@@ -8,7 +8,7 @@
 //!
 //! | the step's first event | input fed to the oracle |
 //! |---|---|
-//! | `Received { key, poison }` | `delivered(now, key, !poison)` |
+//! | `Received { key, poison, prior_runs }` | `delivered_after(now, key, !poison, prior_runs)` |
 //! | `Succeeded { key, .. }` / `Failed { key, kind, .. }` | `finished(now, key, Ok / Err(kind), accepted)` |
 //! | `DeadLettered { key, .. }` / `DeadLetterFailed { key, kind }` | `dlq_result(now, key, Ok / Err(kind), accepted)` |
 //! | anything else, or no event | `timeout(now)` (or the shutdown announced by the driver) |
@@ -174,9 +174,11 @@ impl ConsumerFeed {
         }
         let now = step.now;
         match input {
-            Some(ConsumerEvent::Received { key, poison }) => {
-                self.oracle.delivered(now, key, !poison)?
-            }
+            Some(ConsumerEvent::Received {
+                key,
+                poison,
+                prior_runs,
+            }) => self.oracle.delivered_after(now, key, !poison, prior_runs)?,
             Some(ConsumerEvent::Succeeded { key, .. }) => {
                 self.oracle.finished(now, key, Ok(()), true)?
             }

@@ -27,12 +27,13 @@ proptest! {
 
 /// The generator reaches the interesting states often enough to mean something.
 #[test]
-fn the_op_generator_covers_breaker_retries_dlq_and_shutdown() {
+fn the_op_generator_covers_breaker_retries_dlq_redeliveries_and_shutdown() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
     let (mut opened, mut closed, mut retried, mut dlq, mut probes, mut parallel) =
         (0, 0, 0, 0, 0, 0);
+    let (mut redelivered, mut spent, mut duplicates) = (0, 0, 0);
     for _ in 0..300 {
         let cfg = common::consumer_config()
             .new_tree(&mut runner)
@@ -49,6 +50,9 @@ fn the_op_generator_covers_breaker_retries_dlq_and_shutdown() {
         dlq += u32::from(s.dlq_confirmed > 0);
         probes += u32::from(s.probes > 0);
         parallel += u32::from(s.max_in_flight > 1);
+        redelivered += u32::from(s.redelivered > 0);
+        spent += u32::from(s.arrived_spent > 0);
+        duplicates += u32::from(s.duplicate_runs > 0);
     }
     for (what, n) in [
         ("breaker opened", opened),
@@ -57,6 +61,9 @@ fn the_op_generator_covers_breaker_retries_dlq_and_shutdown() {
         ("DLQ confirmed", dlq),
         ("probes", probes),
         ("parallel runs", parallel),
+        ("redeliveries", redelivered),
+        ("deliveries with their budget spent", spent),
+        ("duplicate runs after a success", duplicates),
     ] {
         assert!(n >= 30, "only {n} of 300 runs had {what}");
     }

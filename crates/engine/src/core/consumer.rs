@@ -228,6 +228,9 @@ pub enum ConsumerEvent {
         key: Key,
         /// Whether it failed to decode.
         poison: bool,
+        /// Handler runs of this message on earlier deliveries, as the driver passed them to
+        /// [`ConsumerMachine::handle_redelivered`] (0 for [`ConsumerMachine::handle_delivered`]).
+        prior_runs: u32,
     },
     /// A handler run started.
     Invoked {
@@ -332,7 +335,9 @@ struct Entry {
 /// Guarantees (docs/architecture.md, "What the core decides" and "The invariants"):
 /// - never more than `max_parallelism` [`ConsumerAction::Invoke`] without a matching
 ///   [`ConsumerMachine::handle_finished`]; a message waiting for its retry holds no slot;
-/// - at most `max_retries + 1` attempts, each retry no earlier than its delay;
+/// - at most `max_retries + 1` attempts per message, counting the runs of earlier deliveries
+///   the driver reports ([`ConsumerMachine::handle_redelivered`]); each retry no earlier than its
+///   delay; a message whose budget is spent on arrival is not run again;
 /// - [`ConsumerAction::Ack`] only after a successful attempt or a confirmed DLQ publish;
 /// - exhausted or permanently failed messages go to the DLQ if there is one, else are nacked;
 ///   undecodable ones go straight to the DLQ with reason [`DlqReason::Decode`] (or are nacked
@@ -464,24 +469,64 @@ impl ConsumerMachine {
 
     /// A delivery arrived. `decoded` is false for a payload that did not decode (poison), which
     /// goes straight to the DLQ. Returns the key the driver uses for this delivery.
+    ///
+    /// The same as [`handle_redelivered`](Self::handle_redelivered) with no earlier runs.
     pub fn handle_delivered(&mut self, now: Time, decoded: bool) -> Key {
+        self.handle_redelivered(now, decoded, 0)
+    }
+
+    /// A delivery of a message whose handler already ran `prior_runs` times on earlier
+    /// deliveries (broker redeliveries, retry-topic copies, runs before a restart: whatever the
+    /// driver knows). The message has one attempt budget across all its deliveries: its first
+    /// run here is attempt `prior_runs + 1`, and `max_retries` counts the earlier runs. A message
+    /// whose budget is already spent is not run again: it goes to the DLQ with reason
+    /// [`DlqReason::Exhausted`] (kind [`ErrorKind::Handler`], `attempts = prior_runs`), or is
+    /// nacked with [`NackReason::NoDeadLetter`] without a DLQ.
+    ///
+    /// ```
+    /// use backstop_engine::core::*;
+    /// let retry = RetryPolicy::builder().max_retries(1).build()?;
+    /// let cfg = ConsumerConfig::builder().retry(retry).dead_letter(true).build()?;
+    /// let mut m = ConsumerMachine::new(cfg);
+    /// let k = m.handle_redelivered(Time::ZERO, true, 1);
+    /// let actions: Vec<_> = std::iter::from_fn(|| m.poll_action()).collect();
+    /// assert!(actions.contains(&ConsumerAction::Invoke { key: k, attempt: 2 }));
+    /// let spent = m.handle_redelivered(Time::ZERO, true, 2);
+    /// let actions: Vec<_> = std::iter::from_fn(|| m.poll_action()).collect();
+    /// assert!(matches!(actions[..], [ConsumerAction::PublishDlq { key, info }]
+    ///     if key == spent && info.reason == DlqReason::Exhausted && info.attempts == 2));
+    /// # Ok::<(), ConfigError>(())
+    /// ```
+    pub fn handle_redelivered(&mut self, now: Time, decoded: bool, prior_runs: u32) -> Key {
         // Retries that came due before this delivery keep their place ahead of it.
         self.fire_due_retries(now);
         self.outstanding_credit = self.outstanding_credit.saturating_sub(1);
+        #[cfg(feature = "planted-bugs")]
+        let prior_runs_kept =
+            if crate::core::planted::active(crate::core::planted::Bug::IgnorePriorRuns) {
+                0
+            } else {
+                prior_runs
+            };
+        #[cfg(not(feature = "planted-bugs"))]
+        let prior_runs_kept = prior_runs;
         let key = self.entries.insert(Entry {
             stage: Stage::Ready,
-            attempts: 0,
+            attempts: prior_runs_kept,
             first_failure: None,
             last_failure: now,
         });
         self.events.push_back(ConsumerEvent::Received {
             key,
             poison: !decoded,
+            prior_runs,
         });
         if self.shutdown_deadline.is_some() {
             self.nack(key, NackReason::Shutdown);
         } else if !decoded {
             self.fail_for_good(now, key, DlqReason::Decode, ErrorKind::Decode);
+        } else if prior_runs_kept >= self.cfg.retry.max_attempts() {
+            self.fail_for_good(now, key, DlqReason::Exhausted, ErrorKind::Handler);
         } else {
             self.ready.push_back(key);
         }
@@ -1324,7 +1369,8 @@ mod tests {
         );
         assert!(h.events.contains(&ConsumerEvent::Received {
             key: k,
-            poison: true
+            poison: true,
+            prior_runs: 0
         }));
         assert!(
             invokes(&a).is_empty(),
@@ -1788,5 +1834,54 @@ mod tests {
             !h.m.handle_dlq_result(secs(0), k, Ok(())),
             "not waiting on the DLQ"
         );
+    }
+
+    #[test]
+    fn a_redelivery_continues_the_attempt_budget_of_earlier_runs() {
+        let (mut h, _) = H::new(cfg(1, 2, 5, true));
+        let k = h.m.handle_redelivered(secs(0), true, 2);
+        let a = h.drain();
+        assert_eq!(invokes(&a), vec![(k, 3)], "attempt 3 of 3");
+        assert!(h.events.contains(&ConsumerEvent::Received {
+            key: k,
+            poison: false,
+            prior_runs: 2
+        }));
+        let a = h.finish(secs(1), k, Err(ErrorKind::Handler));
+        assert!(
+            matches!(a[..], [PublishDlq { key, info }, ..] if key == k && info.attempts == 3
+                && info.reason == DlqReason::Exhausted),
+            "the last run of the budget failed: {a:?}"
+        );
+    }
+
+    #[test]
+    fn a_redelivery_with_its_budget_spent_is_not_run_again() {
+        // With a DLQ: dead-lettered without a run.
+        let (mut h, _) = H::new(cfg(1, 2, 5, true));
+        let k = h.m.handle_redelivered(secs(0), true, 3);
+        let a = h.drain();
+        assert!(invokes(&a).is_empty(), "{a:?}");
+        let info = DlqInfo {
+            reason: DlqReason::Exhausted,
+            kind: ErrorKind::Handler,
+            attempts: 3,
+            first_failure: secs(0),
+            last_failure: secs(0),
+        };
+        assert_eq!(a[0], PublishDlq { key: k, info });
+        assert_eq!(h.m.attempts(k), Some(3));
+        // Without one: nacked without a run.
+        let (mut h, _) = H::new(cfg(1, 2, 5, false));
+        let k = h.m.handle_redelivered(secs(0), true, 7);
+        let a = h.drain();
+        assert_eq!(
+            a[0],
+            Nack {
+                key: k,
+                reason: NackReason::NoDeadLetter
+            }
+        );
+        assert!(invokes(&a).is_empty());
     }
 }

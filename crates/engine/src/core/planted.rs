@@ -14,6 +14,8 @@ pub enum Bug {
     BreakerNoReset,
     /// Allow `max_parallelism + 1` handlers in flight.
     ParallelismOffByOne,
+    /// Forget the runs of earlier deliveries: every redelivery starts a fresh attempt budget.
+    IgnorePriorRuns,
 }
 
 thread_local! {

@@ -581,7 +581,7 @@ impl<M: Send + 'static> Driver<M> {
         let m = self.bs.metrics().clone();
         let (topic, sub) = (self.spec.topic.as_str(), self.spec.subscription.as_str());
         match ev {
-            ConsumerEvent::Received { key, poison } => {
+            ConsumerEvent::Received { key, poison, .. } => {
                 self.report.received += 1;
                 self.meters.received.inc();
                 if poison {

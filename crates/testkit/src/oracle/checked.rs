@@ -16,6 +16,7 @@ pub struct CheckedConsumer {
     oracle: ConsumerOracle,
     actions: Vec<ConsumerAction>,
     events: Vec<ConsumerEvent>,
+    next_message: u64,
 }
 
 impl CheckedConsumer {
@@ -26,6 +27,7 @@ impl CheckedConsumer {
             oracle: ConsumerOracle::new(cfg),
             actions: Vec::new(),
             events: Vec::new(),
+            next_message: 0,
         };
         c.step()?;
         Ok(c)
@@ -71,10 +73,30 @@ impl CheckedConsumer {
         self.oracle.check_machine(&self.machine)
     }
 
-    /// A delivery.
+    /// A delivery of a new message (the oracle tracks it across later [`redeliver`](Self::redeliver)s).
     pub fn deliver(&mut self, now: Time, decoded: bool) -> Result<Key, Violation> {
+        let message = self.next_message;
+        self.next_message += 1;
         let key = self.machine.handle_delivered(now, decoded);
-        self.oracle.delivered(now, key, decoded)?;
+        self.oracle
+            .delivered_message(now, key, decoded, message, 0)?;
+        self.step()?;
+        Ok(key)
+    }
+
+    /// A new delivery of the message delivery `of` was of (a broker redelivery after a nack,
+    /// or a duplicate after a lost ack), with the prior-run count a driver that knows every
+    /// earlier run passes ([`ConsumerOracle::prior_runs_of`]).
+    pub fn redeliver(&mut self, now: Time, decoded: bool, of: Key) -> Result<Key, Violation> {
+        let message = self.oracle.message_of(of).unwrap_or_else(|| {
+            let m = self.next_message;
+            self.next_message += 1;
+            m
+        });
+        let prior = self.oracle.prior_runs_of(message);
+        let key = self.machine.handle_redelivered(now, decoded, prior);
+        self.oracle
+            .delivered_message(now, key, decoded, message, prior)?;
         self.step()?;
         Ok(key)
     }

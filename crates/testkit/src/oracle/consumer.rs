@@ -43,6 +43,17 @@ struct Msg {
     ticket: Option<Ticket>,
     expect: Expect,
     why: &'static str,
+    /// The message this delivery is of, when the driver names it.
+    message: Option<u64>,
+}
+
+/// One message across all its deliveries.
+#[derive(Copy, Clone, Debug, Default)]
+struct Ledger {
+    /// Runs charged to its budget (before it first succeeded).
+    charged: u32,
+    /// Whether a run of it succeeded (later runs are duplicates of a lost ack).
+    succeeded: bool,
 }
 
 /// What a consumer oracle has seen so far (for tests that want to know their ops reached the
@@ -73,6 +84,13 @@ pub struct ConsumerStats {
     pub max_in_flight: u32,
     /// Handler results the machine had to ignore (late or stale).
     pub late_results: u64,
+    /// Deliveries of a message delivered before (named by the driver).
+    pub redelivered: u64,
+    /// Deliveries that arrived with their attempt budget already spent.
+    pub arrived_spent: u64,
+    /// Handler runs of a message after it had succeeded (duplicates of a lost ack: counted, not
+    /// charged to its budget).
+    pub duplicate_runs: u64,
 }
 
 /// The oracle (docs/architecture.md, "The invariants") for one [`ConsumerMachine`]. See the [module docs](super) for the
@@ -92,6 +110,8 @@ pub struct ConsumerOracle {
     reported_log: Vec<(BreakerState, BreakerState)>,
     now: Time,
     stats: ConsumerStats,
+    ledger: BTreeMap<u64, Ledger>,
+    message_of: BTreeMap<Key, u64>,
 }
 
 impl ConsumerOracle {
@@ -112,7 +132,29 @@ impl ConsumerOracle {
             reported_log: Vec::new(),
             now: Time::ZERO,
             stats: ConsumerStats::default(),
+            ledger: BTreeMap::new(),
+            message_of: BTreeMap::new(),
         }
+    }
+
+    /// The message a delivery `key` was of, if the driver named it
+    /// ([`delivered_message`](Self::delivered_message)).
+    pub fn message_of(&self, key: Key) -> Option<u64> {
+        self.message_of.get(&key).copied()
+    }
+
+    /// Whether a delivery of `message` is still held (neither acked nor nacked).
+    pub fn message_held(&self, message: u64) -> bool {
+        self.live.values().any(|m| m.message == Some(message))
+    }
+
+    /// The prior-run count a driver that knows everything passes for a new delivery of
+    /// `message`: the runs charged to its budget, or 0 once it succeeded (a redelivery after
+    /// success is a duplicate of a lost ack, counted, not charged).
+    pub fn prior_runs_of(&self, message: u64) -> u32 {
+        self.ledger
+            .get(&message)
+            .map_or(0, |l| if l.succeeded { 0 } else { l.charged })
     }
 
     /// What has been seen so far.
@@ -156,8 +198,52 @@ impl ConsumerOracle {
         }
     }
 
-    /// Input: the machine returned `key` for a delivery at `now`.
+    /// Input: the machine returned `key` for a delivery at `now`
+    /// ([`ConsumerMachine::handle_delivered`]).
     pub fn delivered(&mut self, now: Time, key: Key, decoded: bool) -> Result<(), Violation> {
+        self.delivered_inner(now, key, decoded, 0, None)
+    }
+
+    /// Input: the machine returned `key` for a delivery with `prior_runs` earlier runs
+    /// ([`ConsumerMachine::handle_redelivered`]), of a message the oracle does not track.
+    pub fn delivered_after(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        prior_runs: u32,
+    ) -> Result<(), Violation> {
+        self.delivered_inner(now, key, decoded, prior_runs, None)
+    }
+
+    /// Input: the machine returned `key` for a delivery of `message` (the driver's name for the
+    /// message, the same across its redeliveries) with `prior_runs` earlier runs. The oracle
+    /// then also checks the budget across deliveries: at most `max_retries + 1` runs of the
+    /// message before it succeeds ([`Rule::BudgetAcrossRedeliveries`]); runs after a success
+    /// are duplicates, counted in [`ConsumerStats::duplicate_runs`].
+    pub fn delivered_message(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        message: u64,
+        prior_runs: u32,
+    ) -> Result<(), Violation> {
+        if self.ledger.contains_key(&message) {
+            self.stats.redelivered += 1;
+        }
+        self.ledger.entry(message).or_default();
+        self.delivered_inner(now, key, decoded, prior_runs, Some(message))
+    }
+
+    fn delivered_inner(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        prior_runs: u32,
+        message: Option<u64>,
+    ) -> Result<(), Violation> {
         self.begin(now);
         if self.live.contains_key(&key) || self.done.contains(&key) {
             return Err(self.err(
@@ -168,6 +254,7 @@ impl ConsumerOracle {
         }
         self.credit = self.credit.saturating_sub(1);
         self.stats.delivered += 1;
+        let mut spent = false;
         let (expect, why) = if self.shutdown.is_some() {
             (
                 Expect::Nack(NackReason::Shutdown),
@@ -182,23 +269,48 @@ impl ConsumerOracle {
                     "it did not decode and there is no DLQ",
                 )
             }
+        } else if prior_runs >= self.cfg.retry().max_attempts() {
+            spent = true;
+            self.stats.arrived_spent += 1;
+            if self.cfg.dead_letter() {
+                (
+                    Expect::Dlq(DlqReason::Exhausted),
+                    "its budget was spent on earlier deliveries",
+                )
+            } else {
+                (
+                    Expect::Nack(NackReason::NoDeadLetter),
+                    "its budget was spent on earlier deliveries and there is no DLQ",
+                )
+            }
         } else {
             (Expect::Nothing, "")
         };
+        if let Some(msg) = message {
+            self.message_of.insert(key, msg);
+        }
+        let failed_before = !decoded || spent;
         self.live.insert(
             key,
             Msg {
                 phase: Phase::Idle,
-                attempts: 0,
+                attempts: prior_runs,
                 poison: !decoded,
                 succeeded: false,
                 dlq_confirmed: false,
-                last_kind: (!decoded).then_some(ErrorKind::Decode),
-                first_failure: (!decoded).then_some(self.now),
+                last_kind: if !decoded {
+                    Some(ErrorKind::Decode)
+                } else if spent {
+                    Some(ErrorKind::Handler)
+                } else {
+                    None
+                },
+                first_failure: failed_before.then_some(self.now),
                 not_before: self.now,
                 ticket: None,
                 expect,
                 why,
+                message,
             },
         );
         Ok(())
@@ -252,6 +364,9 @@ impl ConsumerOracle {
                 m.succeeded = true;
                 m.expect = Expect::Ack;
                 m.why = "its handler succeeded";
+                if let Some(l) = m.message.and_then(|msg| self.ledger.get_mut(&msg)) {
+                    l.succeeded = true;
+                }
             }
             Err(kind) => {
                 m.last_kind = Some(kind);
@@ -452,6 +567,18 @@ impl ConsumerOracle {
         let shutting = self.shutdown.is_some();
         let m = &self.live[&key];
         let e = |rule, detail: String| Err(violation(rule, now, Some(key), detail));
+        if let Some(l) = m.message.and_then(|msg| self.ledger.get(&msg)) {
+            if !l.succeeded && l.charged >= max_attempts {
+                return e(
+                    Rule::BudgetAcrossRedeliveries,
+                    format!(
+                        "run {} of message {} over all its deliveries, at most {max_attempts}",
+                        l.charged + 1,
+                        m.message.unwrap_or_default()
+                    ),
+                );
+            }
+        }
         if attempt > max_attempts {
             return e(
                 Rule::TooManyAttempts,
@@ -523,6 +650,13 @@ impl ConsumerOracle {
             self.stats.probes += 1;
         }
         let m = self.live.get_mut(&key).expect("checked above");
+        if let Some(l) = m.message.and_then(|msg| self.ledger.get_mut(&msg)) {
+            if l.succeeded {
+                self.stats.duplicate_runs += 1;
+            } else {
+                l.charged += 1;
+            }
+        }
         m.ticket = ticket;
         m.phase = Phase::InFlight;
         m.attempts = attempt;

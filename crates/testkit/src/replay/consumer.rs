@@ -17,6 +17,14 @@ pub enum ConsumerOp {
         /// Whether the payload fails to decode.
         poison: bool,
     },
+    /// The broker delivers again a message whose delivery already ended: after a nack, or a
+    /// duplicate after a lost ack (skipped without credit or when nothing ended).
+    Redeliver {
+        /// Which ended delivery's message (modulo the number ended).
+        pick: u8,
+        /// Whether the payload fails to decode.
+        poison: bool,
+    },
     /// One of the running handlers finishes.
     Finish {
         /// Which (modulo the number running).
@@ -99,6 +107,20 @@ impl ConsumerDriver {
                     return Ok(false);
                 }
                 self.c.deliver(now, !poison)?;
+            }
+            ConsumerOp::Redeliver { pick, poison } => {
+                if self.c.machine().credit() == 0 {
+                    return Ok(false);
+                }
+                let Some(k) = peek(&self.ended, pick) else {
+                    return Ok(false);
+                };
+                // The broker redelivers a message once its delivery ended, not while it is held.
+                let oracle = self.c.oracle();
+                if oracle.message_of(k).is_some_and(|m| oracle.message_held(m)) {
+                    return Ok(false);
+                }
+                self.c.redeliver(now, !poison, k)?;
             }
             ConsumerOp::Finish { pick, result } => {
                 let Some(k) = take(&mut self.running, pick) else {

@@ -91,6 +91,8 @@ pub fn consumer_op() -> impl Strategy<Value = ConsumerOp> {
                 result: if ok { Ok(()) } else { Err(ErrorKind::Connection) },
             }),
         1 => any::<u8>().prop_map(|pick| ConsumerOp::Late { pick }),
+        2 => (any::<u8>(), prop::bool::weighted(0.05))
+            .prop_map(|(pick, poison)| ConsumerOp::Redeliver { pick, poison }),
         2 => (0u16..=4000).prop_map(|millis| ConsumerOp::Advance { millis }),
         1 => Just(ConsumerOp::Timeout),
         2 => Just(ConsumerOp::JumpToTimeout),
