@@ -91,12 +91,78 @@ async fn retries_max_retries_plus_one_times_then_dead_letters_and_acks_after_con
     assert_eq!(report.retried, 3);
 }
 
+/// The probe of issue 10: `max_retries = 1`, `retry_delay = 1s`, no DLQ, a handler that always
+/// fails. It used to run 300 times in 300 s (every redelivery a fresh budget); now it runs
+/// `max_retries + 1` times, is parked on `<topic>-<subscription>-PARKED` and acked only after
+/// that record is confirmed.
 #[tokio::test(start_paused = true)]
-async fn without_a_dlq_exhausted_messages_are_nacked_never_acked() {
+async fn without_a_dlq_an_exhausted_message_is_parked_after_max_retries_plus_one_runs() {
     let (bs, mem) = common::context();
     let spec = ConsumerSpec::new("in", "svc")
         .max_retries(1)
         .retry_delay(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert_eq!(spec.parking_topic().as_deref(), Some("in-svc-PARKED"));
+    let runs = Arc::new(AtomicU32::new(0));
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let (r2, a2) = (runs.clone(), attempts.clone());
+    let handle = bs
+        .spawn_consumer_with_delivery(spec, move |_m: Msg, d: backstop::Delivery| {
+            r2.fetch_add(1, Ordering::SeqCst);
+            a2.lock().unwrap().push(d.attempt());
+            async { Err(HandlerError::retryable("nope")) }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", [1]).await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "max_retries + 1 runs in 300 s"
+    );
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2]);
+    let parked = mem.topic_messages("in-svc-PARKED");
+    assert_eq!(parked.len(), 1, "one parked record");
+    let rec: DeadLetterRecord = serde_json::from_slice(&parked[0].payload).unwrap();
+    assert_eq!(
+        (rec.reason.as_str(), rec.attempts, rec.origin_topic.as_str()),
+        ("exhausted", 2, "in")
+    );
+    assert_eq!(rec.payload_text.as_deref(), Some("{\"n\":1}"));
+    let stats = mem.subscription_stats("in", "svc").unwrap();
+    assert_eq!(
+        stats.backlog(),
+        0,
+        "acked after the park was confirmed: {stats:?}"
+    );
+    let text = bs.metrics().render();
+    assert!(
+        text.contains("pulsar_messages_parked_total{subscription=\"svc\",topic=\"in\"} 1"),
+        "{text}"
+    );
+    let report = handle.shutdown().await;
+    assert_eq!(
+        (
+            report.invoked,
+            report.parked,
+            report.dead_lettered,
+            report.acked,
+            report.nacked
+        ),
+        (2, 1, 0, 1, 0),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_park_is_nacked_and_the_redelivery_is_parked_without_another_run() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(1)
+        .retry_delay(Duration::from_secs(1))
+        .nack_delay(Duration::from_secs(1))
         .build()
         .unwrap();
     let runs = Arc::new(AtomicU32::new(0));
@@ -109,16 +175,112 @@ async fn without_a_dlq_exhausted_messages_are_nacked_never_acked() {
         .await
         .unwrap();
     publish(&mem, "in", [1]).await;
-    until(Duration::from_secs(30), || runs.load(Ordering::SeqCst) >= 2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The first park publish fails: nothing acked, the message comes back.
+    mem.faults()
+        .fail_next(backstop_mem::Op::Send, 1, backstop::ErrorKind::Rejected);
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "no run after the budget was spent"
+    );
+    assert_eq!(mem.topic_messages("in-svc-PARKED").len(), 1);
+    assert_eq!(mem.subscription_stats("in", "svc").unwrap().backlog(), 0);
+    let report = handle.shutdown().await;
+    assert_eq!(
+        (
+            report.parked,
+            report.nacked,
+            report.arrived_spent,
+            report.acked
+        ),
+        (1, 1, 1, 1),
+        "{report:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_parking_off_an_exhausted_message_is_nacked_never_acked_and_not_run_again() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(1)
+        .retry_delay(Duration::from_secs(1))
+        .parking(false)
+        .build()
+        .unwrap();
+    assert_eq!(spec.parking_topic(), None);
+    let runs = Arc::new(AtomicU32::new(0));
+    let r2 = runs.clone();
+    let handle = bs
+        .spawn_consumer(spec, move |_m: Msg| {
+            r2.fetch_add(1, Ordering::SeqCst);
+            async { Err(HandlerError::retryable("nope")) }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", [1]).await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "max_retries + 1 runs in 300 s"
+    );
     let report = handle.shutdown_within(Duration::from_secs(1)).await;
     assert_eq!(report.acked, 0, "never acked: {report:?}");
-    assert!(report.nacked >= 1);
+    assert!(
+        report.nacked >= 2 && report.arrived_spent >= 1,
+        "{report:?}"
+    );
     let stats = mem.subscription_stats("in", "svc").unwrap();
     assert_eq!(
         stats.backlog(),
         1,
         "the message is still there to be redelivered: {stats:?}"
+    );
+}
+
+/// A retry copy (the Java client's properties) continues the budget of the runs before it.
+#[tokio::test(start_paused = true)]
+async fn a_copy_with_reconsumetimes_for_this_topic_continues_the_budget() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(3)
+        .retry_delay(Duration::from_secs(1))
+        .dlq_topic("in_dlq")
+        .build()
+        .unwrap();
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let a2 = attempts.clone();
+    let handle = bs
+        .spawn_consumer_with_delivery(spec, move |m: Msg, d: backstop::Delivery| {
+            a2.lock().unwrap().push((m.n, d.attempt()));
+            async { Err(HandlerError::retryable("nope")) }
+        })
+        .await
+        .unwrap();
+    let p = mem.producer("in").await.unwrap();
+    let copy = |n: u32, real: &str, times: &str| {
+        let mut m = OutgoingMessage::new(serde_json::to_vec(&Msg { n }).unwrap());
+        m.properties.insert("REAL_TOPIC".into(), real.into());
+        m.properties.insert("RECONSUMETIMES".into(), times.into());
+        m
+    };
+    p.send(copy(1, "in", "2")).await.unwrap(); // two runs before: attempts 3 and 4
+    p.send(copy(2, "persistent://public/default/in", "9"))
+        .await
+        .unwrap(); // spent
+    p.send(copy(3, "other", "9")).await.unwrap(); // a copy made for another topic: afresh
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let mut seen = attempts.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, vec![(1, 3), (1, 4), (3, 1), (3, 2), (3, 3), (3, 4)]);
+    let dlq = mem.topic_messages("in_dlq");
+    assert_eq!(dlq.len(), 3);
+    let report = handle.shutdown().await;
+    assert_eq!(
+        (report.arrived_spent, report.dead_lettered),
+        (1, 3),
+        "{report:?}"
     );
 }
 

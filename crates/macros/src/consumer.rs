@@ -13,6 +13,7 @@ const ALLOWED: &[&str] = &[
     "max_retries",
     "retry_delay",
     "dlq_topic",
+    "park_topic",
     "subscription_type",
     "shutdown_grace",
     "handler_timeout",
@@ -43,6 +44,15 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             return Err(syn::Error::new(
                 *span,
                 "`dlq_topic` must differ from `topic`",
+            ));
+        }
+    }
+    let park = args::string(&args, "park_topic")?;
+    if let Some((p, span)) = &park {
+        if *p == topic {
+            return Err(syn::Error::new(
+                *span,
+                "`park_topic` must differ from `topic`",
             ));
         }
     }
@@ -84,6 +94,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let grace =
         grace.map(|n| quote!(.shutdown_grace(::backstop::__private::Duration::from_nanos(#n))));
     let dlq = dlq.map(|(d, _)| quote!(.dlq_topic(#d)));
+    let park = park.map(|(p, _)| quote!(.park_topic(#p)));
     let kind = kind.map(|k| quote!(.subscription_type(::backstop::broker::SubscriptionType::#k)));
     let timeout = handler_timeout
         .map(|n| quote!(.handler_timeout(::backstop::__private::Duration::from_nanos(#n))));
@@ -124,7 +135,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             /// The consumer's validated settings.
             pub fn spec() -> ::core::result::Result<::backstop::ConsumerSpec, ::backstop::ConfigError> {
-                ::backstop::ConsumerSpec::new(#topic, #subscription) #kind #par #retries #delay #dlq #grace #timeout .build()
+                ::backstop::ConsumerSpec::new(#topic, #subscription) #kind #par #retries #delay #dlq #park #grace #timeout .build()
             }
 
             #[doc = #start_doc]

@@ -50,8 +50,14 @@ pub struct ConsumerReport {
     pub nacked: u64,
     /// Retries scheduled.
     pub retried: u64,
-    /// Dead-letter records confirmed.
+    /// Dead-letter records confirmed (on the DLQ; parked records are counted in `parked`).
     pub dead_lettered: u64,
+    /// Messages parked: failed for good without a DLQ, their record confirmed on the parking
+    /// topic ([`ConsumerSpec::park_topic`]), then acked.
+    pub parked: u64,
+    /// Deliveries that arrived with their attempt budget already spent by earlier runs, and so
+    /// went to the DLQ or parking topic without a run.
+    pub arrived_spent: u64,
     /// Handler runs that panicked.
     pub panicked: u64,
     /// Breaker transitions.
@@ -110,6 +116,7 @@ struct Meters {
     handle_latency: prometheus::Histogram,
     retried: prometheus::IntCounter,
     dead_lettered: prometheus::IntCounter,
+    parked: prometheus::IntCounter,
 }
 
 impl Meters {
@@ -122,6 +129,7 @@ impl Meters {
             handle_latency: m.latency.with_label_values(&[topic, "handle"]),
             retried: m.retried.with_label_values(&[topic]),
             dead_lettered: m.dead_lettered.with_label_values(&[topic]),
+            parked: m.parked.with_label_values(&[topic, sub]),
         }
     }
 }
@@ -151,6 +159,8 @@ struct Slot<M> {
     decoded: Option<M>,
     last_error: Option<HandlerError>,
     abort: Option<AbortHandle>,
+    /// Handler runs of the message known so far (earlier deliveries included).
+    runs: u32,
 }
 
 impl Backstop {
@@ -269,7 +279,7 @@ impl Backstop {
             .classifier
             .clone()
             .or_else(|| self.inner.classifier.clone());
-        let driver = Driver {
+        let mut driver = Driver {
             bs: self.clone(),
             name: name.clone(),
             breaker_name,
@@ -286,7 +296,12 @@ impl Backstop {
             meters,
             topic: Arc::from(spec_topic.as_str()),
             subscription: Arc::from(spec_sub.as_str()),
+            memory: RunMemory::new(RUN_MEMORY),
+            parking: false,
+            destination: None,
         };
+        driver.destination = driver.spec.dead_letter_destination();
+        driver.parking = driver.spec.dlq_topic.is_none() && driver.destination.is_some();
         self.metrics().register_breaker(&driver.breaker_name);
         let (control, control_rx) = super::control::ConsumerControl::new(name.clone());
         let join = tokio::spawn(async move {
@@ -324,6 +339,12 @@ struct Driver<M> {
     meters: Meters,
     topic: Arc<str>,
     subscription: Arc<str>,
+    /// Runs of messages this consumer nacked, for their redeliveries.
+    memory: RunMemory,
+    /// Whether failed messages go to the parking topic (no DLQ).
+    parking: bool,
+    /// The DLQ or parking topic.
+    destination: Option<String>,
 }
 
 impl<M: Send + 'static> Driver<M> {
@@ -401,9 +422,10 @@ impl<M: Send + 'static> Driver<M> {
                     let now = self.bs.clock().now();
                     let decoded = self.decoder.decode(&msg.payload);
                     let ok = decoded.is_ok();
-                    let key = self.machine.handle_delivered(now, ok);
+                    let prior = prior_runs(&msg, &self.spec.topic, &self.memory, self.machine.config().retry().max_retries());
+                    let key = self.machine.handle_redelivered(now, ok, prior);
                     let last_error = decoded.as_ref().err().map(|e| HandlerError::new(ErrorKind::Decode, format!("payload does not decode: {e}")));
-                    self.put(Slot { key, msg: Arc::new(msg), decoded: decoded.ok(), last_error, abort: None });
+                    self.put(Slot { key, msg: Arc::new(msg), decoded: decoded.ok(), last_error, abort: None, runs: prior });
                 }
                 _ = sleep_until_opt(deadline) => {
                     let now = self.bs.clock().now();
@@ -471,6 +493,7 @@ impl<M: Send + 'static> Driver<M> {
                 let Some(slot) = self.slot_mut(key) else {
                     return;
                 };
+                slot.runs = attempt;
                 let value = match slot.decoded.take() {
                     Some(v) => Ok(v),
                     None => decoder.decode(&slot.msg.payload),
@@ -514,6 +537,7 @@ impl<M: Send + 'static> Driver<M> {
             }
             ConsumerAction::Ack { key } => {
                 if let Some(slot) = self.take(key) {
+                    self.memory.forget(&slot.msg.id);
                     if let Some(tx) = &self.settle {
                         let _ = tx.send(Settle::Ack(slot.msg.id.clone()));
                     }
@@ -524,7 +548,8 @@ impl<M: Send + 'static> Driver<M> {
                     if let Some(abort) = slot.abort {
                         abort.abort();
                     }
-                    tracing::info!(topic = %self.topic, message_id = %slot.msg.id, reason = ?reason, "nack");
+                    tracing::info!(topic = %self.topic, message_id = %slot.msg.id, reason = ?reason, runs = slot.runs, "nack");
+                    self.memory.remember(slot.msg.id.clone(), slot.runs);
                     if let Some(tx) = &self.settle {
                         let _ = tx.send(Settle::Nack(slot.msg.id.clone()));
                     }
@@ -547,7 +572,7 @@ impl<M: Send + 'static> Driver<M> {
                 record.origin_message_id = Some(slot.msg.id.to_string());
                 let record = record.with_payload(&slot.msg.payload);
                 let msg = super::dlq_fit::fitted_message(record, Some(&*slot.msg));
-                let dlq_topic = self.spec.dlq_topic.clone().unwrap_or_default();
+                let dlq_topic = self.destination.clone().unwrap_or_default();
                 let bs = self.bs.clone();
                 let done = done_tx.clone();
                 self.io.spawn(async move {
@@ -581,9 +606,17 @@ impl<M: Send + 'static> Driver<M> {
         let m = self.bs.metrics().clone();
         let (topic, sub) = (self.spec.topic.as_str(), self.spec.subscription.as_str());
         match ev {
-            ConsumerEvent::Received { key, poison, .. } => {
+            ConsumerEvent::Received {
+                key,
+                poison,
+                prior_runs,
+            } => {
                 self.report.received += 1;
                 self.meters.received.inc();
+                if !poison && prior_runs > self.machine.config().retry().max_retries() {
+                    self.report.arrived_spent += 1;
+                    tracing::info!(topic, subscription = sub, key = %key, prior_runs, "redelivered with its attempt budget spent: not run again");
+                }
                 if poison {
                     m.record_error(topic, ErrorKind::Decode);
                     tracing::warn!(topic, subscription = sub, key = %key, "undecodable payload: dead-lettering it");
@@ -614,13 +647,19 @@ impl<M: Send + 'static> Driver<M> {
                 self.meters.retried.inc();
                 tracing::info!(topic, subscription = sub, key = %key, next_attempt, "retry scheduled");
             }
+            ConsumerEvent::DeadLettered { key, info } if self.parking => {
+                self.report.parked += 1;
+                self.meters.parked.inc();
+                let park_topic = self.destination.as_deref().unwrap_or_default();
+                tracing::warn!(topic, subscription = sub, key = %key, park_topic, reason = info.reason.as_str(), attempts = info.attempts, kind = %info.kind, "parked: failed for good and no DLQ; release with `backstop dlq redrive --dlq {park_topic}`");
+            }
             ConsumerEvent::DeadLettered { key, info } => {
                 self.report.dead_lettered += 1;
                 self.meters.dead_lettered.inc();
                 tracing::warn!(topic, subscription = sub, key = %key, reason = info.reason.as_str(), attempts = info.attempts, kind = %info.kind, "dead-lettered");
             }
             ConsumerEvent::DeadLetterFailed { key, kind } => {
-                m.record_error(self.spec.dlq_topic.as_deref().unwrap_or(topic), kind);
+                m.record_error(self.destination.as_deref().unwrap_or(topic), kind);
                 tracing::error!(topic, subscription = sub, key = %key, kind = %kind, "dead-letter publish failed: nacking for redelivery");
             }
             ConsumerEvent::Acked { .. } => {
@@ -677,6 +716,85 @@ impl<M: Send + 'static> Driver<M> {
             None
         }
     }
+}
+
+/// How many nacked messages a consumer remembers the runs of (oldest forgotten first).
+const RUN_MEMORY: usize = 65_536;
+
+/// The runs of messages this consumer nacked, so their redeliveries continue the budget
+/// (bounded: the oldest entries are forgotten first; forgotten ones fall back to the broker's
+/// count, see [`prior_runs`]).
+#[derive(Debug)]
+struct RunMemory {
+    runs: std::collections::HashMap<crate::broker::MessageId, u32>,
+    order: std::collections::VecDeque<crate::broker::MessageId>,
+    cap: usize,
+}
+
+impl RunMemory {
+    fn new(cap: usize) -> RunMemory {
+        RunMemory {
+            runs: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            cap,
+        }
+    }
+
+    fn remember(&mut self, id: crate::broker::MessageId, runs: u32) {
+        if self.runs.insert(id.clone(), runs).is_none() {
+            self.order.push_back(id);
+            while self.runs.len() > self.cap {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                self.runs.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&mut self, id: &crate::broker::MessageId) {
+        if self.runs.remove(id).is_some() {
+            self.order.retain(|x| x != id);
+        }
+    }
+
+    fn get(&self, id: &crate::broker::MessageId) -> Option<u32> {
+        self.runs.get(id).copied()
+    }
+}
+
+/// Handler runs of `msg` before this delivery that backstop can know about (docs/retries.md):
+/// - `RECONSUMETIMES` (the Java client's meaning: the runs of the message before this copy of
+///   it was published to a retry topic) when its `REAL_TOPIC` names `topic`, so a copy made
+///   for another topic (a DLQ record read by a DLQ consumer) starts afresh;
+/// - plus the runs of this message id this consumer remembers from nacking it; or, when it does
+///   not remember it (another process, a restart, forgotten), the broker's redelivery count,
+///   capped at `max_retries`: a redelivery does not prove the handler ran (a shutdown nack, a
+///   crash before the run), so the broker's count alone never spends the last run.
+fn prior_runs(msg: &ReceivedMessage, topic: &str, memory: &RunMemory, max_retries: u32) -> u32 {
+    let copies = reconsume_times(msg, topic);
+    match memory.get(&msg.id) {
+        Some(runs) => runs.max(copies),
+        None => copies.saturating_add(msg.redelivery_count.min(max_retries)),
+    }
+}
+
+/// The `RECONSUMETIMES` property of a retry copy made for `topic`, else 0.
+pub(crate) fn reconsume_times(msg: &ReceivedMessage, topic: &str) -> u32 {
+    let real = msg.properties.get("REAL_TOPIC").map(String::as_str);
+    if !real.is_some_and(|r| same_topic(r, topic)) {
+        return 0;
+    }
+    msg.properties
+        .get("RECONSUMETIMES")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether two topic names are the same topic, one perhaps fully qualified
+/// (`persistent://tenant/ns/name`) and the other short.
+fn same_topic(a: &str, b: &str) -> bool {
+    a == b || a.ends_with(&format!("/{b}")) || b.ends_with(&format!("/{a}"))
 }
 
 /// Attempts of one ack or nack before the acker gives up on it (the broker then redelivers the
@@ -787,5 +905,63 @@ async fn receive_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::broker::MessageId;
+
+    fn msg(id: u8, redelivery_count: u32, props: &[(&str, &str)]) -> ReceivedMessage {
+        ReceivedMessage {
+            id: MessageId(vec![id]),
+            topic: "in".into(),
+            payload: Vec::new(),
+            key: None,
+            properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            redelivery_count,
+            metadata: Default::default(),
+        }
+    }
+
+    #[test]
+    fn prior_runs_prefers_what_this_consumer_remembers_and_caps_the_brokers_count() {
+        let mut mem = RunMemory::new(2);
+        // Unknown here: the broker's count, never the whole budget.
+        assert_eq!(prior_runs(&msg(1, 0, &[]), "in", &mem, 3), 0);
+        assert_eq!(prior_runs(&msg(1, 2, &[]), "in", &mem, 3), 2);
+        assert_eq!(prior_runs(&msg(1, 9, &[]), "in", &mem, 3), 3);
+        // Remembered: exact, also 0 for a message nacked before it ran.
+        mem.remember(MessageId(vec![1]), 4);
+        mem.remember(MessageId(vec![2]), 0);
+        assert_eq!(prior_runs(&msg(1, 1, &[]), "in", &mem, 3), 4);
+        assert_eq!(prior_runs(&msg(2, 1, &[]), "in", &mem, 3), 0);
+        // Bounded: the oldest is forgotten first; an ack forgets.
+        mem.remember(MessageId(vec![3]), 1);
+        assert_eq!(mem.get(&MessageId(vec![1])), None);
+        mem.forget(&MessageId(vec![3]));
+        assert_eq!(mem.get(&MessageId(vec![3])), None);
+        assert_eq!(mem.get(&MessageId(vec![2])), Some(0));
+    }
+
+    #[test]
+    fn reconsumetimes_counts_only_on_a_copy_made_for_this_topic() {
+        let copy = |real: &str| msg(5, 0, &[("REAL_TOPIC", real), ("RECONSUMETIMES", "2")]);
+        assert_eq!(reconsume_times(&copy("in"), "in"), 2);
+        assert_eq!(
+            reconsume_times(&copy("persistent://public/default/in"), "in"),
+            2
+        );
+        assert_eq!(reconsume_times(&copy("other"), "in"), 0);
+        assert_eq!(
+            reconsume_times(&msg(5, 0, &[("RECONSUMETIMES", "2")]), "in"),
+            0
+        );
+        let mem = RunMemory::new(4);
+        assert_eq!(prior_runs(&copy("in"), "in", &mem, 5), 2);
     }
 }
