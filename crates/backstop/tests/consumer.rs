@@ -565,3 +565,57 @@ async fn a_transiently_failing_ack_is_retried_until_the_broker_has_it() {
         .contains("pulsar_errors_total{kind=\"connection\",topic=\"in\"} 2"));
     handle.shutdown().await;
 }
+
+/// The nack strategy: each retry is a broker redelivery after the retry delay; the budget is
+/// the same as in process.
+#[tokio::test(start_paused = true)]
+async fn the_nack_strategy_retries_through_the_broker_with_one_budget() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(2)
+        .retry_delay(Duration::from_secs(2))
+        .retry_strategy(backstop::RetryStrategy::Nack)
+        .dlq_topic("in_dlq")
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let handle = bs
+        .spawn_consumer_with_delivery(spec, move |_m: Msg, d: backstop::Delivery| {
+            s2.lock()
+                .unwrap()
+                .push((Instant::now(), d.attempt(), d.redelivery_count()));
+            async { Err(HandlerError::retryable("nope")) }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", [1]).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let seen = seen.lock().unwrap().clone();
+    let attempts: Vec<(u32, u32)> = seen.iter().map(|s| (s.1, s.2)).collect();
+    assert_eq!(
+        attempts,
+        vec![(1, 0), (2, 1), (3, 2)],
+        "one budget of 3 runs"
+    );
+    for w in seen.windows(2) {
+        assert!(
+            w[1].0 - w[0].0 >= Duration::from_secs(2),
+            "the broker kept it 2 s"
+        );
+    }
+    let rec: DeadLetterRecord = serde_json::from_slice(&mem.topic_payloads("in_dlq")[0]).unwrap();
+    assert_eq!((rec.reason.as_str(), rec.attempts), ("exhausted", 3));
+    assert_eq!(mem.subscription_stats("in", "svc").unwrap().backlog(), 0);
+    let report = handle.shutdown().await;
+    assert_eq!(
+        (
+            report.invoked,
+            report.retried,
+            report.nacked,
+            report.dead_lettered
+        ),
+        (3, 2, 2, 1),
+        "{report:?}"
+    );
+}

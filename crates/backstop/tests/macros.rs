@@ -46,7 +46,12 @@ async fn process_user_update(message: UserUpdate) -> Result<(), HandlerError> {
     Ok(())
 }
 
-#[backstop::consumer(topic = "audit", subscription = "svc", park_topic = "audit-parked")]
+#[backstop::consumer(
+    topic = "audit",
+    subscription = "svc",
+    park_topic = "audit-parked",
+    retry = "nack"
+)]
 async fn audited(_m: serde_json::Value) -> Result<(), HandlerError> {
     Ok(())
 }
@@ -65,9 +70,14 @@ async fn the_seed_example_works_through_the_macros() {
         Some("user_updates-user_service-PARKED"),
         "no DLQ: failed messages are parked"
     );
+    let audit = audited::spec().unwrap();
+    assert_eq!(audit.parking_topic().as_deref(), Some("audit-parked"));
     assert_eq!(
-        audited::spec().unwrap().parking_topic().as_deref(),
-        Some("audit-parked")
+        audit
+            .consumer_config(backstop::BreakerConfig::default())
+            .unwrap()
+            .retry_strategy(),
+        backstop::RetryStrategy::Nack
     );
 
     let consumer = process_user_update::start(&bs).await.unwrap();

@@ -14,6 +14,7 @@ const ALLOWED: &[&str] = &[
     "retry_delay",
     "dlq_topic",
     "park_topic",
+    "retry",
     "subscription_type",
     "shutdown_grace",
     "handler_timeout",
@@ -56,6 +57,19 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             ));
         }
     }
+    let strategy = match args::string(&args, "retry")? {
+        None => None,
+        Some((r, span)) => Some(match r.to_ascii_lowercase().replace('-', "_").as_str() {
+            "in_process" => quote!(InProcess),
+            "nack" => quote!(Nack),
+            _ => {
+                return Err(syn::Error::new(
+                    span,
+                    format!("unknown retry strategy `{r}`; expected in_process or nack"),
+                ))
+            }
+        }),
+    };
     let kind = match args::string(&args, "subscription_type")? {
         None => None,
         Some((k, span)) => Some(match k.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
@@ -95,6 +109,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         grace.map(|n| quote!(.shutdown_grace(::backstop::__private::Duration::from_nanos(#n))));
     let dlq = dlq.map(|(d, _)| quote!(.dlq_topic(#d)));
     let park = park.map(|(p, _)| quote!(.park_topic(#p)));
+    let strategy = strategy.map(|s| quote!(.retry_strategy(::backstop::RetryStrategy::#s)));
     let kind = kind.map(|k| quote!(.subscription_type(::backstop::broker::SubscriptionType::#k)));
     let timeout = handler_timeout
         .map(|n| quote!(.handler_timeout(::backstop::__private::Duration::from_nanos(#n))));
@@ -135,7 +150,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             /// The consumer's validated settings.
             pub fn spec() -> ::core::result::Result<::backstop::ConsumerSpec, ::backstop::ConfigError> {
-                ::backstop::ConsumerSpec::new(#topic, #subscription) #kind #par #retries #delay #dlq #park #grace #timeout .build()
+                ::backstop::ConsumerSpec::new(#topic, #subscription) #kind #par #retries #delay #strategy #dlq #park #grace #timeout .build()
             }
 
             #[doc = #start_doc]

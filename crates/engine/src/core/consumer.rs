@@ -22,6 +22,44 @@ pub struct ConsumerConfig {
     retry: RetryPolicy,
     breaker: BreakerConfig,
     dlq: bool,
+    strategy: RetryStrategy,
+}
+
+/// Where a message waits for its next attempt (docs/retries.md).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum RetryStrategy {
+    /// In the consumer: a timer, the message held (it counts toward `max_held`). Exact delays
+    /// (backoff and jitter included), no broker traffic; a crash loses the timer, and the
+    /// message's budget then rests on what its redelivery tells. The default.
+    #[default]
+    InProcess,
+    /// At the broker: the message is nacked with [`NackReason::Retry`] and the broker
+    /// redelivers it after its nack delay; the redelivery continues the budget with the runs
+    /// the driver passes to [`ConsumerMachine::handle_redelivered`]. Holds nothing while it
+    /// waits.
+    Nack,
+}
+
+impl RetryStrategy {
+    /// Label for settings, logs and docs: `in_process`, `nack`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RetryStrategy::InProcess => "in_process",
+            RetryStrategy::Nack => "nack",
+        }
+    }
+}
+
+impl std::str::FromStr for RetryStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "in_process" | "inprocess" => Ok(RetryStrategy::InProcess),
+            "nack" => Ok(RetryStrategy::Nack),
+            _ => Err(format!("unknown retry strategy `{s}` (in_process, nack)")),
+        }
+    }
 }
 
 impl ConsumerConfig {
@@ -42,8 +80,13 @@ impl ConsumerConfig {
                 retry: RetryPolicy::default(),
                 breaker: BreakerConfig::default(),
                 dlq: false,
+                strategy: RetryStrategy::InProcess,
             },
         }
+    }
+    /// Where a message waits for its next attempt.
+    pub fn retry_strategy(&self) -> RetryStrategy {
+        self.strategy
     }
     /// Handler invocations allowed in flight at once.
     pub fn max_parallelism(&self) -> u32 {
@@ -98,6 +141,11 @@ impl ConsumerConfigBuilder {
     /// Whether failed messages are published to a dead-letter topic.
     pub fn dead_letter(mut self, on: bool) -> Self {
         self.cfg.dlq = on;
+        self
+    }
+    /// Where a message waits for its next attempt (default [`RetryStrategy::InProcess`]).
+    pub fn retry_strategy(mut self, s: RetryStrategy) -> Self {
+        self.cfg.strategy = s;
         self
     }
     /// Validates and returns the config.
@@ -168,6 +216,8 @@ pub enum NackReason {
     DeadLetterFailed,
     /// Shutting down.
     Shutdown,
+    /// A retry under [`RetryStrategy::Nack`]: the broker redelivers it for the next attempt.
+    Retry,
 }
 
 /// What the driver must do.
@@ -581,6 +631,14 @@ impl ConsumerMachine {
                     self.fail_for_good(now, key, reason, kind);
                 } else if self.shutdown_deadline.is_some() {
                     self.nack(key, NackReason::Shutdown);
+                } else if self.cfg.strategy == RetryStrategy::Nack {
+                    let at = now + self.cfg.retry.delay_before_retry(attempt, key.as_u64());
+                    self.events.push_back(ConsumerEvent::RetryScheduled {
+                        key,
+                        next_attempt: attempt + 1,
+                        at,
+                    });
+                    self.nack(key, NackReason::Retry);
                 } else {
                     let until = now + self.cfg.retry.delay_before_retry(attempt, key.as_u64());
                     if let Some(entry) = self.entries.get_mut(key) {
@@ -1883,5 +1941,48 @@ mod tests {
             }
         );
         assert!(invokes(&a).is_empty());
+    }
+
+    #[test]
+    fn the_nack_strategy_hands_a_retry_to_the_broker_and_the_redelivery_continues() {
+        let c = ConsumerConfig::builder()
+            .retry(retry(2, Duration::from_secs(5)))
+            .retry_strategy(RetryStrategy::Nack)
+            .build()
+            .unwrap();
+        let (mut h, _) = H::new(c);
+        let (k, _) = h.deliver(secs(0));
+        let a = h.finish(secs(1), k, Err(ErrorKind::Timeout));
+        assert_eq!(
+            terminal(&a),
+            vec![Nack {
+                key: k,
+                reason: NackReason::Retry
+            }]
+        );
+        assert!(h.events.contains(&ConsumerEvent::RetryScheduled {
+            key: k,
+            next_attempt: 2,
+            at: secs(6)
+        }));
+        assert_eq!(h.m.held(), 0, "nothing held while the broker keeps it");
+        assert_eq!(h.m.poll_timeout(), None);
+        let k2 = h.m.handle_redelivered(secs(6), true, 1);
+        assert_eq!(invokes(&h.drain()), vec![(k2, 2)]);
+        h.finish(secs(6), k2, Err(ErrorKind::Timeout));
+        let k3 = h.m.handle_redelivered(secs(11), true, 2);
+        assert_eq!(invokes(&h.drain()), vec![(k3, 3)]);
+        let a = h.finish(secs(11), k3, Err(ErrorKind::Timeout));
+        assert_eq!(
+            terminal(&a),
+            vec![Nack {
+                key: k3,
+                reason: NackReason::NoDeadLetter
+            }],
+            "the budget is spent: no more retries"
+        );
+        assert_eq!("nack".parse(), Ok(RetryStrategy::Nack));
+        assert_eq!("in-process".parse(), Ok(RetryStrategy::InProcess));
+        assert!("topic".parse::<RetryStrategy>().is_err());
     }
 }

@@ -35,7 +35,7 @@ pub use breaker::{
 pub use config_error::{parse_duration, ConfigError};
 pub use consumer::{
     ConsumerAction, ConsumerConfig, ConsumerConfigBuilder, ConsumerEvent, ConsumerMachine, DlqInfo,
-    DlqReason, NackReason,
+    DlqReason, NackReason, RetryStrategy,
 };
 pub use error::{ErrorKind, KindSet};
 pub use producer::{

@@ -255,7 +255,7 @@ impl Backstop {
         let cfg = spec.consumer_config(self.breaker_defaults())?;
         let mut sub_spec = SubscriptionSpec::new(spec.topic.clone(), spec.subscription.clone())
             .with_type(spec.kind);
-        sub_spec.nack_redelivery_delay = spec.nack_delay;
+        sub_spec.nack_redelivery_delay = spec.subscription_nack_delay();
         let sub = tokio::time::timeout(
             self.inner.producer_timeout,
             self.broker().subscribe(&sub_spec),
@@ -672,6 +672,7 @@ impl<M: Send + 'static> Driver<M> {
                     NackReason::NoDeadLetter => "no_dead_letter",
                     NackReason::DeadLetterFailed => "dead_letter_failed",
                     NackReason::Shutdown => "shutdown",
+                    NackReason::Retry => "retry",
                 };
                 m.nacked.with_label_values(&[topic, sub, r]).inc();
             }

@@ -32,7 +32,9 @@ impl std::fmt::Debug for Classifier {
         f.write_str("Classifier(..)")
     }
 }
-use crate::core::{BreakerConfig, ConfigError, ConsumerConfig, ProducerConfig, RetryPolicy};
+use crate::core::{
+    BreakerConfig, ConfigError, ConsumerConfig, ProducerConfig, RetryPolicy, RetryStrategy,
+};
 
 fn check_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
     if topic.trim().is_empty() {
@@ -258,6 +260,7 @@ pub struct ConsumerSpec {
     pub(crate) classifier: Option<Classifier>,
     parking: bool,
     park_topic: Option<String>,
+    strategy: RetryStrategy,
 }
 
 impl ConsumerSpec {
@@ -281,6 +284,24 @@ impl ConsumerSpec {
             classifier: None,
             parking: true,
             park_topic: None,
+            strategy: RetryStrategy::InProcess,
+        }
+    }
+    /// Where a failed message waits for its next attempt (docs/retries.md):
+    /// [`RetryStrategy::InProcess`] (the default: a timer in the consumer, exact delays and
+    /// backoff, no broker traffic) or [`RetryStrategy::Nack`] (nacked; the broker redelivers it
+    /// after the retry delay — the policy's base `retry_delay`, as Pulsar's nack delay is one
+    /// per consumer — and nothing is held meanwhile). The attempt budget is the same under both.
+    pub fn retry_strategy(mut self, s: RetryStrategy) -> Self {
+        self.strategy = s;
+        self
+    }
+    /// The redelivery delay the subscription is made with: the retry delay under
+    /// [`RetryStrategy::Nack`], else [`nack_delay`](Self::nack_delay).
+    pub(crate) fn subscription_nack_delay(&self) -> Duration {
+        match self.strategy {
+            RetryStrategy::Nack => self.retry.map_or(self.retry_delay, |p| p.retry_delay()),
+            RetryStrategy::InProcess => self.nack_delay,
         }
     }
     /// Where a message that failed for good goes when there is no DLQ (default
@@ -449,6 +470,7 @@ impl ConsumerSpec {
             .retry(retry)
             .breaker(self.breaker.unwrap_or(default_breaker))
             .dead_letter(self.dead_letter_destination().is_some())
+            .retry_strategy(self.strategy)
             .build()
     }
 }

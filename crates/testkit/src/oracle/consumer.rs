@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use backstop_engine::core::{
     BreakerState, ConsumerAction, ConsumerConfig, ConsumerEvent, ConsumerMachine, DlqInfo,
-    DlqReason, ErrorKind, Key, NackReason, Time,
+    DlqReason, ErrorKind, Key, NackReason, RetryStrategy, Time,
 };
 
 use super::breaker::{check_transition, compare_logs, BreakerModel, Ticket};
@@ -331,6 +331,7 @@ impl ConsumerOracle {
         let dlq = self.cfg.dead_letter();
         let shutting = self.shutdown.is_some();
         let retry = *self.cfg.retry();
+        let strategy = self.cfg.retry_strategy();
         let Some(m) = self
             .live
             .get_mut(&key)
@@ -389,6 +390,9 @@ impl ConsumerOracle {
                 } else if shutting {
                     m.expect = Expect::Nack(NackReason::Shutdown);
                     m.why = "it failed during shutdown";
+                } else if strategy == RetryStrategy::Nack {
+                    m.expect = Expect::Nack(NackReason::Retry);
+                    m.why = "its retry goes through the broker (nack strategy)";
                 } else {
                     m.not_before = now + retry.delay_before_retry(m.attempts, key.as_u64());
                 }

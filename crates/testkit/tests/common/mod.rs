@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use backstop_engine::core::{
-    BreakerConfig, ConsumerConfig, ErrorKind, ProducerConfig, RetryPolicy,
+    BreakerConfig, ConsumerConfig, ErrorKind, ProducerConfig, RetryPolicy, RetryStrategy,
 };
 use backstop_testkit::replay::{ConsumerOp, ProducerOp};
 use proptest::prelude::*;
@@ -57,14 +57,20 @@ pub fn consumer_config() -> impl Strategy<Value = ConsumerConfig> {
         retry_policy(),
         breaker_config(),
         any::<bool>(),
+        prop::bool::weighted(0.25),
     )
-        .prop_map(|(par, extra, retry, breaker, dlq)| {
+        .prop_map(|(par, extra, retry, breaker, dlq, nack)| {
             ConsumerConfig::builder()
                 .max_parallelism(par)
                 .max_held(par + extra)
                 .retry(retry)
                 .breaker(breaker)
                 .dead_letter(dlq)
+                .retry_strategy(if nack {
+                    RetryStrategy::Nack
+                } else {
+                    RetryStrategy::InProcess
+                })
                 .build()
                 .expect("valid consumer")
         })
