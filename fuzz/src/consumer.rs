@@ -107,7 +107,7 @@ impl ConsumerSetup {
 }
 
 /// One driver op from one selector byte plus its fields. Out of 256: deliveries 60 (one in
-/// eight poison), handler results 80, DLQ results 25, clock steps 30, jumps to the next
+/// eight poison), handler results 80, DLQ results 15, retry-topic results 10, clock steps 30, jumps to the next
 /// wake-up 35, timeouts 10, late results 7, redeliveries 6, shutdown 3.
 pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<ConsumerOp> {
     Ok(match u8::arbitrary(u)? {
@@ -118,7 +118,11 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<ConsumerOp> {
             pick: u.arbitrary()?,
             result: result(u)?,
         },
-        140..=164 => ConsumerOp::DlqResult {
+        140..=154 => ConsumerOp::DlqResult {
+            pick: u.arbitrary()?,
+            result: result(u)?,
+        },
+        155..=164 => ConsumerOp::RetryResult {
             pick: u.arbitrary()?,
             result: result(u)?,
         },

@@ -619,3 +619,127 @@ async fn the_nack_strategy_retries_through_the_broker_with_one_budget() {
         "{report:?}"
     );
 }
+
+/// The retry-topic strategy: each retry is a copy on `<topic>-<subscription>-RETRY` delivered
+/// after the retry delay, with the Java client's properties; the original is acked once the
+/// copy is confirmed; the budget is the same.
+#[tokio::test(start_paused = true)]
+async fn the_retry_topic_strategy_republishes_with_java_properties_and_one_budget() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(2)
+        .retry_delay(Duration::from_secs(5))
+        .retry_strategy(backstop::RetryStrategy::Topic)
+        .dlq_topic("in_dlq")
+        .build()
+        .unwrap();
+    assert_eq!(spec.retry_topic_name().as_deref(), Some("in-svc-RETRY"));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let handle = bs
+        .spawn_consumer_with_delivery(spec, move |_m: Msg, d: backstop::Delivery| {
+            s2.lock()
+                .unwrap()
+                .push((Instant::now(), d.attempt(), d.topic().to_string()));
+            async { Err(HandlerError::retryable("nope")) }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", [1]).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let seen = seen.lock().unwrap().clone();
+    let runs: Vec<(u32, &str)> = seen.iter().map(|s| (s.1, s.2.as_str())).collect();
+    assert_eq!(
+        runs,
+        vec![(1, "in"), (2, "in-svc-RETRY"), (3, "in-svc-RETRY")],
+        "one budget of 3 runs"
+    );
+    for w in seen.windows(2) {
+        assert!(
+            w[1].0 - w[0].0 >= Duration::from_secs(5),
+            "delivered after the delay"
+        );
+    }
+    let original = mem.topic_messages("in")[0].id.to_string();
+    let copies = mem.topic_messages("in-svc-RETRY");
+    assert_eq!(copies.len(), 2);
+    for (i, c) in copies.iter().enumerate() {
+        let p = |k: &str| c.properties.get(k).map(String::as_str);
+        assert_eq!(p("RECONSUMETIMES"), Some((i + 1).to_string().as_str()));
+        assert_eq!(p("DELAY_TIME"), Some("5000"));
+        assert_eq!(p("REAL_TOPIC"), Some("in"));
+        assert_eq!(p("RETRY_TOPIC"), Some("in-svc-RETRY"));
+        assert_eq!(p("ORIGIN_MESSAGE_ID"), Some(original.as_str()));
+        assert_eq!(c.payload, b"{\"n\":1}");
+    }
+    let rec: DeadLetterRecord = serde_json::from_slice(&mem.topic_payloads("in_dlq")[0]).unwrap();
+    assert_eq!((rec.reason.as_str(), rec.attempts), ("exhausted", 3));
+    assert_eq!(rec.origin_message_id.as_deref(), Some(original.as_str()));
+    assert_eq!(mem.subscription_stats("in", "svc").unwrap().backlog(), 0);
+    assert_eq!(
+        mem.subscription_stats("in-svc-RETRY", "svc")
+            .unwrap()
+            .backlog(),
+        0
+    );
+    let report = handle.shutdown().await;
+    assert_eq!(
+        (
+            report.invoked,
+            report.retried,
+            report.acked,
+            report.nacked,
+            report.dead_lettered
+        ),
+        (3, 2, 3, 0, 1),
+        "{report:?}"
+    );
+}
+
+/// A retry waiting in the retry topic survives the consumer: a new consumer (nothing in
+/// memory) runs it when it is due, as the next attempt of the same budget.
+#[tokio::test(start_paused = true)]
+async fn a_retry_in_the_retry_topic_survives_a_restart_with_its_budget() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(1)
+        .retry_delay(Duration::from_secs(60))
+        .retry_strategy(backstop::RetryStrategy::Topic)
+        .build()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let first = bs
+        .spawn_consumer_with_delivery(spec.clone(), move |_m: Msg, d: backstop::Delivery| {
+            s2.lock().unwrap().push(d.attempt());
+            async { Err(HandlerError::retryable("nope")) }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", [1]).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let report = first.shutdown().await;
+    assert_eq!(
+        (report.invoked, report.acked, report.nacked),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(mem.subscription_stats("in", "svc").unwrap().backlog(), 0);
+    let s3 = seen.clone();
+    let second = bs
+        .spawn_consumer_with_delivery(spec, move |_m: Msg, d: backstop::Delivery| {
+            s3.lock().unwrap().push(d.attempt());
+            async { Err(HandlerError::retryable("still no")) }
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![1, 2],
+        "max_retries + 1 runs in all"
+    );
+    assert_eq!(mem.topic_messages("in-svc-PARKED").len(), 1, "then parked");
+    let report = second.shutdown().await;
+    assert_eq!((report.invoked, report.parked), (1, 1), "{report:?}");
+}

@@ -50,7 +50,7 @@ async fn process_user_update(message: UserUpdate) -> Result<(), HandlerError> {
     topic = "audit",
     subscription = "svc",
     park_topic = "audit-parked",
-    retry = "nack"
+    retry = "retry_topic"
 )]
 async fn audited(_m: serde_json::Value) -> Result<(), HandlerError> {
     Ok(())
@@ -77,8 +77,9 @@ async fn the_seed_example_works_through_the_macros() {
             .consumer_config(backstop::BreakerConfig::default())
             .unwrap()
             .retry_strategy(),
-        backstop::RetryStrategy::Nack
+        backstop::RetryStrategy::Topic
     );
+    assert_eq!(audit.retry_topic_name().as_deref(), Some("audit-svc-RETRY"));
 
     let consumer = process_user_update::start(&bs).await.unwrap();
     let sent = update_user(42, serde_json::json!({"name": "Ada"}))

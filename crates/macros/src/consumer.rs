@@ -62,10 +62,13 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         Some((r, span)) => Some(match r.to_ascii_lowercase().replace('-', "_").as_str() {
             "in_process" => quote!(InProcess),
             "nack" => quote!(Nack),
+            "retry_topic" => quote!(Topic),
             _ => {
                 return Err(syn::Error::new(
                     span,
-                    format!("unknown retry strategy `{r}`; expected in_process or nack"),
+                    format!(
+                        "unknown retry strategy `{r}`; expected in_process, nack or retry_topic"
+                    ),
                 ))
             }
         }),

@@ -253,6 +253,15 @@ fn encode(what: &What, out: &mut impl FnMut(u64)) {
             }
             ConsumerAction::Pause => out(0x15),
             ConsumerAction::Resume => out(0x16),
+            ConsumerAction::PublishRetry {
+                key,
+                runs,
+                delay_ms,
+            } => {
+                out(0x17 | u64::from(runs) << 8);
+                out(key.as_u64());
+                out(delay_ms);
+            }
         },
         What::ConsumerEvent(e) => match *e {
             ConsumerEvent::Received {
@@ -306,6 +315,14 @@ fn encode(what: &What, out: &mut impl FnMut(u64)) {
             }
             ConsumerEvent::DeadLetterFailed { key, kind } => {
                 out(0x26 | (kind as u64) << 8);
+                out(key.as_u64());
+            }
+            ConsumerEvent::RetryPublished { key } => {
+                out(0x2c);
+                out(key.as_u64());
+            }
+            ConsumerEvent::RetryPublishFailed { key, kind } => {
+                out(0x2d | (kind as u64) << 8);
                 out(key.as_u64());
             }
             ConsumerEvent::Acked { key } => {

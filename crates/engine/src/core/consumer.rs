@@ -39,6 +39,12 @@ pub enum RetryStrategy {
     /// the driver passes to [`ConsumerMachine::handle_redelivered`]. Holds nothing while it
     /// waits.
     Nack,
+    /// In a retry topic: a copy of the message is published there to be delivered after the
+    /// retry delay ([`ConsumerAction::PublishRetry`]), and the message is acked only once that
+    /// publish is confirmed ([`ConsumerMachine::handle_retry_result`]); a failed publish is
+    /// nacked. The copy continues the budget through its `RECONSUMETIMES`. Durable: survives
+    /// restarts, holds nothing for long delays.
+    Topic,
 }
 
 impl RetryStrategy {
@@ -47,6 +53,7 @@ impl RetryStrategy {
         match self {
             RetryStrategy::InProcess => "in_process",
             RetryStrategy::Nack => "nack",
+            RetryStrategy::Topic => "retry_topic",
         }
     }
 }
@@ -57,7 +64,10 @@ impl std::str::FromStr for RetryStrategy {
         match s.to_ascii_lowercase().replace('-', "_").as_str() {
             "in_process" | "inprocess" => Ok(RetryStrategy::InProcess),
             "nack" => Ok(RetryStrategy::Nack),
-            _ => Err(format!("unknown retry strategy `{s}` (in_process, nack)")),
+            "retry_topic" | "topic" => Ok(RetryStrategy::Topic),
+            _ => Err(format!(
+                "unknown retry strategy `{s}` (in_process, nack, retry_topic)"
+            )),
         }
     }
 }
@@ -218,6 +228,8 @@ pub enum NackReason {
     Shutdown,
     /// A retry under [`RetryStrategy::Nack`]: the broker redelivers it for the next attempt.
     Retry,
+    /// The retry-topic publish failed ([`RetryStrategy::Topic`]): the broker redelivers it.
+    RetryFailed,
 }
 
 /// What the driver must do.
@@ -256,6 +268,18 @@ pub enum ConsumerAction {
         key: Key,
         /// Record facts.
         info: DlqInfo,
+    },
+    /// Publish a copy of the message to the retry topic, delivered `delay_ms` after it is
+    /// accepted, carrying `runs` as its `RECONSUMETIMES`; report with
+    /// [`ConsumerMachine::handle_retry_result`] ([`RetryStrategy::Topic`]).
+    PublishRetry {
+        /// The message.
+        key: Key,
+        /// Handler runs made so far (earlier deliveries included).
+        runs: u32,
+        /// The retry delay in milliseconds (rounded up: a copy is never due early), the
+        /// copy's `DELAY_TIME`.
+        delay_ms: u64,
     },
     /// The breaker opened: no handler runs until it half-opens, and no new credit is granted
     /// (credit already granted stays valid; deliveries made with it wait). Emitted once when the
@@ -334,6 +358,18 @@ pub enum ConsumerEvent {
         /// The publish's failure kind.
         kind: ErrorKind,
     },
+    /// The retry-topic copy was confirmed; the message is acked next.
+    RetryPublished {
+        /// The message.
+        key: Key,
+    },
+    /// The retry-topic publish failed; the message is nacked.
+    RetryPublishFailed {
+        /// The message.
+        key: Key,
+        /// The publish's failure kind.
+        kind: ErrorKind,
+    },
     /// The message was acked.
     Acked {
         /// The message.
@@ -358,6 +394,7 @@ enum Stage {
     InFlight { permit: Permit, started: Time },
     Waiting { until: Time },
     DlqPending(DlqInfo),
+    RetryPending,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -639,6 +676,21 @@ impl ConsumerMachine {
                         at,
                     });
                     self.nack(key, NackReason::Retry);
+                } else if self.cfg.strategy == RetryStrategy::Topic {
+                    let delay = self.cfg.retry.delay_before_retry(attempt, key.as_u64());
+                    if let Some(entry) = self.entries.get_mut(key) {
+                        entry.stage = Stage::RetryPending;
+                    }
+                    self.actions.push_back(ConsumerAction::PublishRetry {
+                        key,
+                        runs: attempt,
+                        delay_ms: millis_up(delay),
+                    });
+                    self.events.push_back(ConsumerEvent::RetryScheduled {
+                        key,
+                        next_attempt: attempt + 1,
+                        at: now + delay,
+                    });
                 } else {
                     let until = now + self.cfg.retry.delay_before_retry(attempt, key.as_u64());
                     if let Some(entry) = self.entries.get_mut(key) {
@@ -693,6 +745,36 @@ impl ConsumerMachine {
             }
         }
         true
+    }
+
+    /// The retry-topic publish for `key` finished ([`RetryStrategy::Topic`]). On success the
+    /// message is acked (its copy carries it on); on failure it is nacked so the broker
+    /// redelivers it. Returns `false` for a key not waiting on a retry publish.
+    pub fn handle_retry_result(
+        &mut self,
+        now: Time,
+        key: Key,
+        result: Result<(), ErrorKind>,
+    ) -> bool {
+        let known = matches!(
+            self.entries.get(key).map(|e| e.stage),
+            Some(Stage::RetryPending)
+        );
+        if known {
+            match result {
+                Ok(()) => {
+                    self.events.push_back(ConsumerEvent::RetryPublished { key });
+                    self.ack(key);
+                }
+                Err(kind) => {
+                    self.events
+                        .push_back(ConsumerEvent::RetryPublishFailed { key, kind });
+                    self.nack(key, NackReason::RetryFailed);
+                }
+            }
+        }
+        self.pump(now);
+        known
     }
 
     /// An operator pauses (`true`) or resumes (`false`) the consumer: while paused no handler
@@ -962,6 +1044,17 @@ impl ConsumerMachine {
                 .push_back(ConsumerAction::Request { count: grant });
         }
     }
+}
+
+/// `d` in whole milliseconds, rounded up.
+pub(crate) fn millis_up(d: Duration) -> u64 {
+    let ms = d.as_millis();
+    let up = if d > Duration::from_millis(ms as u64) {
+        ms + 1
+    } else {
+        ms
+    };
+    u64::try_from(up).unwrap_or(u64::MAX)
 }
 
 /// The earlier of two optional deadlines.
@@ -1983,6 +2076,50 @@ mod tests {
         );
         assert_eq!("nack".parse(), Ok(RetryStrategy::Nack));
         assert_eq!("in-process".parse(), Ok(RetryStrategy::InProcess));
-        assert!("topic".parse::<RetryStrategy>().is_err());
+        assert!("later".parse::<RetryStrategy>().is_err());
+    }
+
+    #[test]
+    fn the_retry_topic_strategy_acks_only_after_the_copy_is_confirmed() {
+        let c = ConsumerConfig::builder()
+            .retry(retry(2, Duration::from_secs(5)))
+            .retry_strategy(RetryStrategy::Topic)
+            .build()
+            .unwrap();
+        let (mut h, _) = H::new(c);
+        let (k, _) = h.deliver(secs(0));
+        let a = h.finish(secs(1), k, Err(ErrorKind::Timeout));
+        assert_eq!(
+            a[0],
+            PublishRetry {
+                key: k,
+                runs: 1,
+                delay_ms: 5000
+            }
+        );
+        assert!(terminal(&a).is_empty(), "held until the copy is confirmed");
+        assert!(
+            !h.m.handle_dlq_result(secs(1), k, Ok(())),
+            "not a DLQ publish"
+        );
+        assert!(h.m.handle_retry_result(secs(2), k, Ok(())));
+        assert_eq!(terminal(&h.drain()), vec![Ack { key: k }]);
+        assert!(h.events.contains(&ConsumerEvent::RetryPublished { key: k }));
+        // The copy continues the budget; a failed copy publish is nacked.
+        let k2 = h.m.handle_redelivered(secs(6), true, 1);
+        assert_eq!(invokes(&h.drain()), vec![(k2, 2)]);
+        h.finish(secs(6), k2, Err(ErrorKind::Timeout));
+        assert!(h
+            .m
+            .handle_retry_result(secs(7), k2, Err(ErrorKind::Connection)));
+        assert_eq!(
+            terminal(&h.drain()),
+            vec![Nack {
+                key: k2,
+                reason: NackReason::RetryFailed
+            }]
+        );
+        assert!(!h.m.handle_retry_result(secs(7), k2, Ok(())), "ended");
+        assert_eq!("retry_topic".parse(), Ok(RetryStrategy::Topic));
     }
 }

@@ -134,10 +134,11 @@ impl Meters {
     }
 }
 
-/// What the acker task sends to the broker, in order.
+/// What the acker task sends to the broker, in order (`true`: on the retry-topic
+/// subscription).
 enum Settle {
-    Ack(crate::broker::MessageId),
-    Nack(crate::broker::MessageId),
+    Ack(crate::broker::MessageId, bool),
+    Nack(crate::broker::MessageId, bool),
 }
 
 type BoxHandler<M> = Arc<
@@ -151,6 +152,7 @@ type BoxDecoder<M> = Arc<dyn Decoder<M>>;
 enum Done {
     Handler(Key, Result<(), HandlerError>),
     Dlq(Key, Result<(), BrokerError>),
+    Retry(Key, Result<(), BrokerError>),
 }
 
 struct Slot<M> {
@@ -161,6 +163,8 @@ struct Slot<M> {
     abort: Option<AbortHandle>,
     /// Handler runs of the message known so far (earlier deliveries included).
     runs: u32,
+    /// Whether it came from the retry topic.
+    from_retry: bool,
 }
 
 impl Backstop {
@@ -264,6 +268,26 @@ impl Backstop {
         .map_err(|_| {
             BrokerError::timeout(format!("subscribing to `{}` timed out", spec.topic))
         })??;
+        let retry_sub = match spec.retry_topic_name() {
+            None => None,
+            Some(rt) => {
+                let mut rs = sub_spec.clone();
+                rs.topic = rt.clone();
+                let r =
+                    tokio::time::timeout(self.inner.producer_timeout, self.broker().subscribe(&rs))
+                        .await
+                        .map_err(|_| {
+                            BrokerError::timeout(format!("subscribing to `{rt}` timed out"))
+                        });
+                match r {
+                    Ok(Ok(s)) => Some(s),
+                    Ok(Err(e)) | Err(e) => {
+                        let _ = sub.close().await;
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         let handler: BoxHandler<M> = Arc::new(move |m, d| Box::pin(handler(m, d)));
         let (shutdown, shutdown_rx) = watch::channel(None);
         let shutdown = Arc::new(shutdown);
@@ -299,6 +323,7 @@ impl Backstop {
             memory: RunMemory::new(RUN_MEMORY),
             parking: false,
             destination: None,
+            retry_sub,
         };
         driver.destination = driver.spec.dead_letter_destination();
         driver.parking = driver.spec.dlq_topic.is_none() && driver.destination.is_some();
@@ -345,6 +370,8 @@ struct Driver<M> {
     parking: bool,
     /// The DLQ or parking topic.
     destination: Option<String>,
+    /// The retry topic's subscription ([`RetryStrategy::Topic`](crate::core::RetryStrategy)).
+    retry_sub: Option<Arc<dyn Subscription>>,
 }
 
 impl<M: Send + 'static> Driver<M> {
@@ -355,11 +382,23 @@ impl<M: Send + 'static> Driver<M> {
     ) -> ConsumerReport {
         let credit = Arc::new(Semaphore::new(0));
         let (deliver_tx, mut deliver_rx) =
-            mpsc::channel::<ReceivedMessage>(self.machine.config().max_held() as usize + 1);
+            mpsc::channel::<(ReceivedMessage, bool)>(self.machine.config().max_held() as usize + 2);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let (stop_rx_tx, stop_rx) = watch::channel(false);
+        let retry_receiver = self.retry_sub.clone().map(|rs| {
+            tokio::spawn(receive_loop(
+                rs,
+                true,
+                credit.clone(),
+                deliver_tx.clone(),
+                stop_rx.clone(),
+                self.bs.clone(),
+                self.spec.retry_topic_name().unwrap_or_default(),
+            ))
+        });
         let receiver = tokio::spawn(receive_loop(
             self.sub.clone(),
+            false,
             credit.clone(),
             deliver_tx,
             stop_rx,
@@ -370,6 +409,7 @@ impl<M: Send + 'static> Driver<M> {
         self.settle = Some(settle_tx);
         let acker = tokio::spawn(settle_loop(
             self.sub.clone(),
+            self.retry_sub.clone(),
             settle_rx,
             self.bs.clone(),
             self.topic.clone(),
@@ -413,19 +453,25 @@ impl<M: Send + 'static> Driver<M> {
                         Done::Dlq(key, r) => {
                             self.machine.handle_dlq_result(now, key, r.map_err(|e| e.kind()));
                         }
+                        Done::Retry(key, r) => {
+                            if let Err(e) = &r {
+                                tracing::warn!(topic = %self.topic, error = %e, "retry-topic publish failed: nacking for redelivery");
+                            }
+                            self.machine.handle_retry_result(now, key, r.map_err(|e| e.kind()));
+                        }
                     }
                 }
                 Some(c) = control_rx.recv() => {
                     super::control::apply(&mut self.machine, self.bs.clock().now(), c, self.bs.metrics(), &self.name);
                 }
-                Some(msg) = deliver_rx.recv() => {
+                Some((msg, from_retry)) = deliver_rx.recv() => {
                     let now = self.bs.clock().now();
                     let decoded = self.decoder.decode(&msg.payload);
                     let ok = decoded.is_ok();
                     let prior = prior_runs(&msg, &self.spec.topic, &self.memory, self.machine.config().retry().max_retries());
                     let key = self.machine.handle_redelivered(now, ok, prior);
                     let last_error = decoded.as_ref().err().map(|e| HandlerError::new(ErrorKind::Decode, format!("payload does not decode: {e}")));
-                    self.put(Slot { key, msg: Arc::new(msg), decoded: decoded.ok(), last_error, abort: None, runs: prior });
+                    self.put(Slot { key, msg: Arc::new(msg), decoded: decoded.ok(), last_error, abort: None, runs: prior, from_retry });
                 }
                 _ = sleep_until_opt(deadline) => {
                     let now = self.bs.clock().now();
@@ -435,16 +481,26 @@ impl<M: Send + 'static> Driver<M> {
         }
         let _ = stop_rx_tx.send(true);
         let _ = receiver.await;
+        if let Some(r) = retry_receiver {
+            let _ = r.await;
+        }
         while self.io.join_next().await.is_some() {}
         self.settle = None; // closes the channel: the acker finishes what is queued, then ends
         let _ = acker.await;
         // Deliveries the receiver pulled after shutdown began never reached the machine: give them back.
         deliver_rx.close();
-        while let Some(msg) = deliver_rx.recv().await {
-            let _ = self.sub.nack(&msg.id).await;
+        while let Some((msg, from_retry)) = deliver_rx.recv().await {
+            let sub = match (&self.retry_sub, from_retry) {
+                (Some(rs), true) => rs,
+                _ => &self.sub,
+            };
+            let _ = sub.nack(&msg.id).await;
             self.report.nacked += 1;
         }
         let _ = self.sub.close().await;
+        if let Some(rs) = &self.retry_sub {
+            let _ = rs.close().await;
+        }
         tracing::info!(topic = %self.spec.topic, subscription = %self.spec.subscription, report = ?self.report, "consumer stopped");
         self.report
     }
@@ -539,7 +595,7 @@ impl<M: Send + 'static> Driver<M> {
                 if let Some(slot) = self.take(key) {
                     self.memory.forget(&slot.msg.id);
                     if let Some(tx) = &self.settle {
-                        let _ = tx.send(Settle::Ack(slot.msg.id.clone()));
+                        let _ = tx.send(Settle::Ack(slot.msg.id.clone(), slot.from_retry));
                     }
                 }
             }
@@ -551,7 +607,7 @@ impl<M: Send + 'static> Driver<M> {
                     tracing::info!(topic = %self.topic, message_id = %slot.msg.id, reason = ?reason, runs = slot.runs, "nack");
                     self.memory.remember(slot.msg.id.clone(), slot.runs);
                     if let Some(tx) = &self.settle {
-                        let _ = tx.send(Settle::Nack(slot.msg.id.clone()));
+                        let _ = tx.send(Settle::Nack(slot.msg.id.clone(), slot.from_retry));
                     }
                 }
             }
@@ -569,7 +625,7 @@ impl<M: Send + 'static> Driver<M> {
                     self.bs.clock().epoch_wall_ms(),
                 );
                 record.subscription = Some(self.spec.subscription.clone());
-                record.origin_message_id = Some(slot.msg.id.to_string());
+                record.origin_message_id = Some(origin_id(&slot.msg, slot.from_retry));
                 let record = record.with_payload(&slot.msg.payload);
                 let msg = super::dlq_fit::fitted_message(record, Some(&*slot.msg));
                 let dlq_topic = self.destination.clone().unwrap_or_default();
@@ -591,6 +647,44 @@ impl<M: Send + 'static> Driver<M> {
                         }
                     }
                     let _ = done.send(Done::Dlq(key, r));
+                });
+            }
+            ConsumerAction::PublishRetry {
+                key,
+                runs,
+                delay_ms,
+            } => {
+                let delay = Duration::from_millis(delay_ms);
+                let Some(slot) = self.slot(key) else { return };
+                let Some(retry_topic) = self.spec.retry_topic_name() else {
+                    return;
+                };
+                let msg = retry_copy(
+                    &slot.msg,
+                    slot.from_retry,
+                    &self.spec.topic,
+                    &retry_topic,
+                    runs,
+                    delay,
+                );
+                let bs = self.bs.clone();
+                let done = done_tx.clone();
+                self.io.spawn(async move {
+                    let r = match bs.producer(&retry_topic).await {
+                        Ok(p) => match tokio::time::timeout(Duration::from_secs(10), p.send(msg))
+                            .await
+                        {
+                            Ok(r) => r.map(|_| ()),
+                            Err(_) => Err(BrokerError::timeout("retry-topic publish timed out")),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = &r {
+                        if e.kind().is_transient() {
+                            bs.drop_producer(&retry_topic).await;
+                        }
+                    }
+                    let _ = done.send(Done::Retry(key, r));
                 });
             }
             ConsumerAction::Pause => {
@@ -673,6 +767,7 @@ impl<M: Send + 'static> Driver<M> {
                     NackReason::DeadLetterFailed => "dead_letter_failed",
                     NackReason::Shutdown => "shutdown",
                     NackReason::Retry => "retry",
+                    NackReason::RetryFailed => "retry_failed",
                 };
                 m.nacked.with_label_values(&[topic, sub, r]).inc();
             }
@@ -680,6 +775,15 @@ impl<M: Send + 'static> Driver<M> {
                 self.report.breaker_transitions += 1;
                 m.record_transition(&self.breaker_name, &t);
                 tracing::warn!(breaker = %self.breaker_name, from = t.from.as_str(), to = t.to.as_str(), failures = t.failures, "circuit breaker transition");
+            }
+            ConsumerEvent::RetryPublished { key } => {
+                tracing::debug!(topic, subscription = sub, key = %key, "retry copy confirmed: acking the original");
+            }
+            ConsumerEvent::RetryPublishFailed { kind, .. } => {
+                m.record_error(
+                    self.spec.retry_topic_name().as_deref().unwrap_or(topic),
+                    kind,
+                );
             }
             ConsumerEvent::Drained => {
                 tracing::info!(topic, subscription = sub, "consumer drained");
@@ -780,6 +884,44 @@ fn prior_runs(msg: &ReceivedMessage, topic: &str, memory: &RunMemory, max_retrie
     }
 }
 
+/// The id a DLQ record names as the origin: a retry copy's `ORIGIN_MESSAGE_ID`, else the
+/// delivery's own id.
+fn origin_id(msg: &ReceivedMessage, from_retry: bool) -> String {
+    match msg.properties.get("ORIGIN_MESSAGE_ID") {
+        Some(o) if from_retry => o.clone(),
+        _ => msg.id.to_string(),
+    }
+}
+
+/// The retry-topic copy of `msg` after `runs` runs, delivered after `delay`: its payload, key,
+/// ordering key, event time and properties, plus the Java client's retry properties
+/// (`RECONSUMETIMES` = `runs`, `DELAY_TIME` in ms, `REAL_TOPIC` = `topic`, `RETRY_TOPIC`,
+/// `ORIGIN_MESSAGE_ID` = the first delivery's id, kept across copies).
+pub(crate) fn retry_copy(
+    msg: &ReceivedMessage,
+    from_retry: bool,
+    topic: &str,
+    retry_topic: &str,
+    runs: u32,
+    delay: Duration,
+) -> crate::broker::OutgoingMessage {
+    let mut properties = msg.properties.clone();
+    let origin = origin_id(msg, from_retry);
+    properties.insert("RECONSUMETIMES".into(), runs.to_string());
+    properties.insert("DELAY_TIME".into(), delay.as_millis().to_string());
+    properties.insert("REAL_TOPIC".into(), topic.to_string());
+    properties.insert("RETRY_TOPIC".into(), retry_topic.to_string());
+    properties.insert("ORIGIN_MESSAGE_ID".into(), origin);
+    crate::broker::OutgoingMessage {
+        payload: msg.payload.clone(),
+        key: msg.key.clone(),
+        properties,
+        ordering_key: msg.metadata.ordering_key.clone(),
+        event_time_ms: msg.metadata.event_time_ms,
+        deliver_after: Some(delay),
+    }
+}
+
 /// The `RECONSUMETIMES` property of a retry copy made for `topic`, else 0.
 pub(crate) fn reconsume_times(msg: &ReceivedMessage, topic: &str) -> u32 {
     let real = msg.properties.get("REAL_TOPIC").map(String::as_str);
@@ -807,15 +949,20 @@ const SETTLE_ATTEMPTS: u32 = 4;
 /// backoff: left alone, a failed ack on a connection that stays up would leave the delivery
 /// unacked on the broker indefinitely (found by the simulation).
 async fn settle_loop(
-    sub: Arc<dyn Subscription>,
+    main: Arc<dyn Subscription>,
+    retry: Option<Arc<dyn Subscription>>,
     mut rx: mpsc::UnboundedReceiver<Settle>,
     bs: Backstop,
     topic: Arc<str>,
 ) {
     while let Some(s) = rx.recv().await {
-        let (id, ack) = match s {
-            Settle::Ack(id) => (id, true),
-            Settle::Nack(id) => (id, false),
+        let (id, ack, from_retry) = match s {
+            Settle::Ack(id, r) => (id, true, r),
+            Settle::Nack(id, r) => (id, false, r),
+        };
+        let sub = match (&retry, from_retry) {
+            (Some(r), true) => r,
+            _ => &main,
         };
         let mut backoff = Duration::from_millis(50);
         for attempt in 1..=SETTLE_ATTEMPTS {
@@ -866,10 +1013,12 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Pulls deliveries while the machine grants credit; backs off on broker errors.
+#[allow(clippy::too_many_arguments)]
 async fn receive_loop(
     sub: Arc<dyn Subscription>,
+    from_retry: bool,
     credit: Arc<Semaphore>,
-    tx: mpsc::Sender<ReceivedMessage>,
+    tx: mpsc::Sender<(ReceivedMessage, bool)>,
     mut stop: watch::Receiver<bool>,
     bs: Backstop,
     topic: String,
@@ -890,7 +1039,7 @@ async fn receive_loop(
             Ok(msg) => {
                 permit.forget();
                 backoff = Duration::from_millis(100);
-                if tx.send(msg).await.is_err() {
+                if tx.send((msg, from_retry)).await.is_err() {
                     return;
                 }
             }

@@ -261,6 +261,7 @@ pub struct ConsumerSpec {
     parking: bool,
     park_topic: Option<String>,
     strategy: RetryStrategy,
+    retry_topic: Option<String>,
 }
 
 impl ConsumerSpec {
@@ -285,13 +286,32 @@ impl ConsumerSpec {
             parking: true,
             park_topic: None,
             strategy: RetryStrategy::InProcess,
+            retry_topic: None,
         }
+    }
+    /// The retry topic under [`RetryStrategy::Topic`] (default
+    /// `<topic>-<subscription>-RETRY`, the Java client's naming, `<topic>` without a
+    /// `-partition-N` suffix). The consumer subscribes to it too, with the same subscription.
+    pub fn retry_topic(mut self, topic: impl Into<String>) -> Self {
+        self.retry_topic = Some(topic.into());
+        self
+    }
+    /// The retry topic this consumer publishes retries to and consumes: `None` unless the
+    /// strategy is [`RetryStrategy::Topic`].
+    pub fn retry_topic_name(&self) -> Option<String> {
+        (self.strategy == RetryStrategy::Topic).then(|| {
+            self.retry_topic.clone().unwrap_or_else(|| {
+                format!("{}-{}-RETRY", base_topic(&self.topic), self.subscription)
+            })
+        })
     }
     /// Where a failed message waits for its next attempt (docs/retries.md):
     /// [`RetryStrategy::InProcess`] (the default: a timer in the consumer, exact delays and
-    /// backoff, no broker traffic) or [`RetryStrategy::Nack`] (nacked; the broker redelivers it
+    /// backoff, no broker traffic), [`RetryStrategy::Nack`] (nacked; the broker redelivers it
     /// after the retry delay — the policy's base `retry_delay`, as Pulsar's nack delay is one
-    /// per consumer — and nothing is held meanwhile). The attempt budget is the same under both.
+    /// per consumer — and nothing is held meanwhile) or [`RetryStrategy::Topic`] (a copy goes to
+    /// the [retry topic](Self::retry_topic) with delayed delivery; durable). The attempt budget
+    /// is the same under each.
     pub fn retry_strategy(mut self, s: RetryStrategy) -> Self {
         self.strategy = s;
         self
@@ -301,7 +321,7 @@ impl ConsumerSpec {
     pub(crate) fn subscription_nack_delay(&self) -> Duration {
         match self.strategy {
             RetryStrategy::Nack => self.retry.map_or(self.retry_delay, |p| p.retry_delay()),
-            RetryStrategy::InProcess => self.nack_delay,
+            RetryStrategy::InProcess | RetryStrategy::Topic => self.nack_delay,
         }
     }
     /// Where a message that failed for good goes when there is no DLQ (default
@@ -428,6 +448,15 @@ impl ConsumerSpec {
                 return Err(ConfigError::new("park_topic", "must differ from topic"));
             }
         }
+        if let Some(r) = self.retry_topic_name() {
+            check_topic("retry_topic", &r)?;
+            if r == self.topic || Some(&r) == self.dlq_topic.as_ref() {
+                return Err(ConfigError::new(
+                    "retry_topic",
+                    "must differ from topic and dlq_topic",
+                ));
+            }
+        }
         if self.handler_timeout.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::new(
                 "handler_timeout",
@@ -443,8 +472,11 @@ impl ConsumerSpec {
     }
     pub(crate) fn prefixed(mut self, prefix: &str) -> ConsumerSpec {
         prefix_topics(prefix, &mut self.topic, &mut self.dlq_topic);
-        if let Some(p) = &mut self.park_topic {
-            *p = format!("{prefix}{p}");
+        for t in [&mut self.park_topic, &mut self.retry_topic]
+            .into_iter()
+            .flatten()
+        {
+            *t = format!("{prefix}{t}");
         }
         self
     }

@@ -127,6 +127,19 @@ impl CheckedConsumer {
         Ok(accepted)
     }
 
+    /// A retry-topic publish result; returns whether the machine accepted it.
+    pub fn retry_result(
+        &mut self,
+        now: Time,
+        key: Key,
+        result: Result<(), ErrorKind>,
+    ) -> Result<bool, Violation> {
+        let accepted = self.machine.handle_retry_result(now, key, result);
+        self.oracle.retry_result(now, key, result, accepted)?;
+        self.step()?;
+        Ok(accepted)
+    }
+
     /// Shutdown with `deadline`.
     pub fn shutdown(&mut self, now: Time, deadline: Time) -> Result<(), Violation> {
         self.machine.handle_shutdown(now, deadline);

@@ -20,6 +20,7 @@ enum Phase {
     Idle,
     InFlight,
     DlqPending,
+    RetryPending,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -28,6 +29,7 @@ enum Expect {
     Ack,
     Dlq(DlqReason),
     Nack(NackReason),
+    RetryCopy,
 }
 
 #[derive(Clone, Debug)]
@@ -37,6 +39,7 @@ struct Msg {
     poison: bool,
     succeeded: bool,
     dlq_confirmed: bool,
+    retry_confirmed: bool,
     last_kind: Option<ErrorKind>,
     first_failure: Option<Time>,
     not_before: Time,
@@ -91,6 +94,8 @@ pub struct ConsumerStats {
     /// Handler runs of a message after it had succeeded (duplicates of a lost ack: counted, not
     /// charged to its budget).
     pub duplicate_runs: u64,
+    /// Retry-topic copies confirmed.
+    pub retry_copies: u64,
 }
 
 /// The oracle (docs/architecture.md, "The invariants") for one [`ConsumerMachine`]. See the [module docs](super) for the
@@ -298,6 +303,7 @@ impl ConsumerOracle {
                 poison: !decoded,
                 succeeded: false,
                 dlq_confirmed: false,
+                retry_confirmed: false,
                 last_kind: if !decoded {
                     Some(ErrorKind::Decode)
                 } else if spent {
@@ -393,6 +399,10 @@ impl ConsumerOracle {
                 } else if strategy == RetryStrategy::Nack {
                     m.expect = Expect::Nack(NackReason::Retry);
                     m.why = "its retry goes through the broker (nack strategy)";
+                } else if strategy == RetryStrategy::Topic {
+                    m.expect = Expect::RetryCopy;
+                    m.why = "its retry goes through the retry topic";
+                    m.not_before = now + retry.delay_before_retry(m.attempts, key.as_u64());
                 } else {
                     m.not_before = now + retry.delay_before_retry(m.attempts, key.as_u64());
                 }
@@ -448,6 +458,53 @@ impl ConsumerOracle {
         Ok(())
     }
 
+    /// Input: the retry-topic publish of `key` finished; `accepted` is what
+    /// [`ConsumerMachine::handle_retry_result`] returned.
+    pub fn retry_result(
+        &mut self,
+        now: Time,
+        key: Key,
+        result: Result<(), ErrorKind>,
+        accepted: bool,
+    ) -> Result<(), Violation> {
+        self.begin(now);
+        let Some(m) = self
+            .live
+            .get_mut(&key)
+            .filter(|m| m.phase == Phase::RetryPending)
+        else {
+            if accepted {
+                return Err(self.err(
+                    Rule::InputMishandled,
+                    Some(key),
+                    "the machine accepted a retry result for a message not waiting on one",
+                ));
+            }
+            return Ok(());
+        };
+        m.phase = Phase::Idle;
+        match result {
+            Ok(()) => {
+                m.retry_confirmed = true;
+                self.stats.retry_copies += 1;
+                m.expect = Expect::Ack;
+                m.why = "its retry-topic copy was confirmed";
+            }
+            Err(_) => {
+                m.expect = Expect::Nack(NackReason::RetryFailed);
+                m.why = "its retry-topic publish failed";
+            }
+        }
+        if !accepted {
+            return Err(self.err(
+                Rule::InputMishandled,
+                Some(key),
+                "the machine ignored the result of a pending retry publish",
+            ));
+        }
+        Ok(())
+    }
+
     /// Input: shutdown began at `now` with `deadline`.
     pub fn shutdown(&mut self, now: Time, deadline: Time) -> Result<(), Violation> {
         self.begin(now);
@@ -484,6 +541,11 @@ impl ConsumerOracle {
             ConsumerAction::Ack { key } => self.on_ack(key),
             ConsumerAction::Nack { key, reason } => self.on_nack(key, reason),
             ConsumerAction::PublishDlq { key, info } => self.on_publish_dlq(key, info),
+            ConsumerAction::PublishRetry {
+                key,
+                runs,
+                delay_ms,
+            } => self.on_publish_retry(key, runs, delay_ms),
             ConsumerAction::Pause => {
                 if self.paused || self.breaker.state() != BreakerState::Open {
                     return Err(self.err(
@@ -601,6 +663,8 @@ impl ConsumerOracle {
             Some("while its previous run is in flight".to_string())
         } else if m.phase == Phase::DlqPending {
             Some("while it waits on the DLQ".to_string())
+        } else if m.phase == Phase::RetryPending || m.retry_confirmed {
+            Some("while its retry copy carries it".to_string())
         } else if m.poison {
             Some("although it did not decode".to_string())
         } else if m.succeeded {
@@ -692,10 +756,11 @@ impl ConsumerOracle {
     fn on_ack(&mut self, key: Key) -> Result<(), Violation> {
         self.terminal_check(key, "ack")?;
         let m = &self.live[&key];
-        if !(m.succeeded || m.dlq_confirmed) {
+        if !(m.succeeded || m.dlq_confirmed || m.retry_confirmed) {
             let state = match m.phase {
                 Phase::InFlight => "while its handler runs",
                 Phase::DlqPending => "before its DLQ publish was confirmed",
+                Phase::RetryPending => "before its retry copy was confirmed",
                 Phase::Idle => "without a successful attempt or a confirmed DLQ publish",
             };
             return Err(self.err(
@@ -712,7 +777,7 @@ impl ConsumerOracle {
     fn on_nack(&mut self, key: Key, reason: NackReason) -> Result<(), Violation> {
         self.terminal_check(key, "nack")?;
         let m = &self.live[&key];
-        if m.succeeded || m.dlq_confirmed {
+        if m.succeeded || m.dlq_confirmed || m.retry_confirmed {
             return Err(self.err(
                 Rule::NackAfterSuccess,
                 Some(key),
@@ -783,6 +848,33 @@ impl ConsumerOracle {
         m.phase = Phase::DlqPending;
         m.expect = Expect::Nothing;
         self.stats.dlq_requested += 1;
+        Ok(())
+    }
+
+    fn on_publish_retry(&mut self, key: Key, runs: u32, delay_ms: u64) -> Result<(), Violation> {
+        self.known(key)?;
+        let now = self.now;
+        let m = self.live.get_mut(&key).expect("checked above");
+        let bad = |detail: String| Err(violation(Rule::UnexpectedAction, now, Some(key), detail));
+        if m.expect != Expect::RetryCopy {
+            return bad(format!(
+                "a retry-topic publish nothing called for (attempts {})",
+                m.attempts
+            ));
+        }
+        // Due no earlier than the policy says, and less than a millisecond later.
+        let due = now + std::time::Duration::from_millis(delay_ms);
+        if runs != m.attempts
+            || due < m.not_before
+            || due >= m.not_before + std::time::Duration::from_millis(1)
+        {
+            return bad(format!(
+                "retry copy with runs {runs} due {delay_ms} ms after {now}, expected runs {} due at {}",
+                m.attempts, m.not_before
+            ));
+        }
+        m.phase = Phase::RetryPending;
+        m.expect = Expect::Nothing;
         Ok(())
     }
 
@@ -862,6 +954,7 @@ impl ConsumerOracle {
                 Expect::Ack => "an ack".to_string(),
                 Expect::Dlq(r) => format!("a DLQ publish ({})", r.as_str()),
                 Expect::Nack(r) => format!("a nack ({r:?})"),
+                Expect::RetryCopy => "a retry-topic publish".to_string(),
                 Expect::Nothing => unreachable!(),
             };
             return Err(self.err(

@@ -39,6 +39,13 @@ pub enum ConsumerOp {
         /// Its result.
         result: Result<(), ErrorKind>,
     },
+    /// One of the pending retry-topic publishes finishes.
+    RetryResult {
+        /// Which (modulo the number pending).
+        pick: u8,
+        /// Its result.
+        result: Result<(), ErrorKind>,
+    },
     /// A result for a delivery that already ended (a late or duplicate report).
     Late {
         /// Which (modulo the number ended).
@@ -79,6 +86,7 @@ struct ConsumerDriver {
     now: Time,
     running: Vec<Key>,
     dlq: Vec<Key>,
+    retry: Vec<Key>,
     ended: Vec<Key>,
 }
 
@@ -88,9 +96,11 @@ impl ConsumerDriver {
             match *a {
                 ConsumerAction::Invoke { key, .. } => self.running.push(key),
                 ConsumerAction::PublishDlq { key, .. } => self.dlq.push(key),
+                ConsumerAction::PublishRetry { key, .. } => self.retry.push(key),
                 ConsumerAction::Ack { key } | ConsumerAction::Nack { key, .. } => {
                     self.running.retain(|k| *k != key);
                     self.dlq.retain(|k| *k != key);
+                    self.retry.retain(|k| *k != key);
                     self.ended.push(key);
                 }
                 _ => {}
@@ -133,6 +143,12 @@ impl ConsumerDriver {
                     return Ok(false);
                 };
                 self.c.dlq_result(now, k, result)?;
+            }
+            ConsumerOp::RetryResult { pick, result } => {
+                let Some(k) = take(&mut self.retry, pick) else {
+                    return Ok(false);
+                };
+                self.c.retry_result(now, k, result)?;
             }
             ConsumerOp::Late { pick } => {
                 let Some(k) = peek(&self.ended, pick) else {
@@ -178,6 +194,9 @@ impl ConsumerDriver {
             } else if let Some(k) = self.dlq.first().copied() {
                 self.dlq.remove(0);
                 self.c.dlq_result(now, k, Ok(()))?;
+            } else if let Some(k) = self.retry.first().copied() {
+                self.retry.remove(0);
+                self.c.retry_result(now, k, Ok(()))?;
             } else if !m.is_shutting_down()
                 && m.breaker_state() == BreakerState::HalfOpen
                 && m.credit() > 0
@@ -211,6 +230,7 @@ pub fn replay_consumer(
         now: Time::ZERO,
         running: Vec::new(),
         dlq: Vec::new(),
+        retry: Vec::new(),
         ended: Vec::new(),
     };
     let mut applied = 0;

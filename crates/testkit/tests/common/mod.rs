@@ -57,20 +57,21 @@ pub fn consumer_config() -> impl Strategy<Value = ConsumerConfig> {
         retry_policy(),
         breaker_config(),
         any::<bool>(),
-        prop::bool::weighted(0.25),
+        prop::sample::select(vec![
+            RetryStrategy::InProcess,
+            RetryStrategy::InProcess,
+            RetryStrategy::Nack,
+            RetryStrategy::Topic,
+        ]),
     )
-        .prop_map(|(par, extra, retry, breaker, dlq, nack)| {
+        .prop_map(|(par, extra, retry, breaker, dlq, strategy)| {
             ConsumerConfig::builder()
                 .max_parallelism(par)
                 .max_held(par + extra)
                 .retry(retry)
                 .breaker(breaker)
                 .dead_letter(dlq)
-                .retry_strategy(if nack {
-                    RetryStrategy::Nack
-                } else {
-                    RetryStrategy::InProcess
-                })
+                .retry_strategy(strategy)
                 .build()
                 .expect("valid consumer")
         })
@@ -95,6 +96,11 @@ pub fn consumer_op() -> impl Strategy<Value = ConsumerOp> {
             .prop_map(|(pick, ok)| ConsumerOp::DlqResult {
                 pick,
                 result: if ok { Ok(()) } else { Err(ErrorKind::Connection) },
+            }),
+        1 => (any::<u8>(), prop::bool::weighted(0.7))
+            .prop_map(|(pick, ok)| ConsumerOp::RetryResult {
+                pick,
+                result: if ok { Ok(()) } else { Err(ErrorKind::Timeout) },
             }),
         1 => any::<u8>().prop_map(|pick| ConsumerOp::Late { pick }),
         2 => (any::<u8>(), prop::bool::weighted(0.05))
