@@ -743,3 +743,96 @@ async fn a_retry_in_the_retry_topic_survives_a_restart_with_its_budget() {
     let report = second.shutdown().await;
     assert_eq!((report.invoked, report.parked), (1, 1), "{report:?}");
 }
+
+/// Per-key ordered retries (on by default for Exclusive subscriptions): while a message of key
+/// K waits for its retry, later messages of K are held; other keys flow.
+#[tokio::test(start_paused = true)]
+async fn ordered_later_messages_of_a_key_wait_for_its_retry_and_other_keys_flow() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .subscription_type(backstop::broker::SubscriptionType::Exclusive)
+        .max_parallelism(4)
+        .max_retries(2)
+        .retry_delay(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert!(spec.is_ordered(), "the default on Exclusive");
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let r2 = runs.clone();
+    let handle = bs
+        .spawn_consumer_with_delivery(spec, move |m: Msg, d: backstop::Delivery| {
+            r2.lock()
+                .unwrap()
+                .push((d.key().unwrap_or("").to_string(), m.n, d.attempt()));
+            let fail = m.n == 1 && d.attempt() == 1;
+            async move {
+                if fail {
+                    Err(HandlerError::retryable("first run of 1 fails"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .unwrap();
+    let p = mem.producer("in").await.unwrap();
+    for (key, n) in [("a", 1), ("a", 2), ("b", 3), ("a", 4), ("c", 5)] {
+        p.send(OutgoingMessage::new(serde_json::to_vec(&Msg { n }).unwrap()).with_key(key))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let early: Vec<u32> = runs.lock().unwrap().iter().map(|r| r.1).collect();
+    assert_eq!(
+        early,
+        vec![1, 3, 5],
+        "a's later messages wait; b and c flow"
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let a: Vec<(u32, u32)> = runs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.0 == "a")
+        .map(|r| (r.1, r.2))
+        .collect();
+    assert_eq!(
+        a,
+        vec![(1, 1), (1, 2), (2, 1), (4, 1)],
+        "key a in publish order"
+    );
+    assert_eq!(mem.subscription_stats("in", "svc").unwrap().backlog(), 0);
+    let report = handle.shutdown().await;
+    assert_eq!((report.acked, report.invoked), (5, 6), "{report:?}");
+}
+
+#[test]
+fn ordered_is_rejected_where_it_cannot_hold() {
+    let err = ConsumerSpec::new("in", "svc")
+        .ordered(true)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.setting(),
+        "ordered",
+        "Shared spreads a key over consumers"
+    );
+    let err = ConsumerSpec::new("in", "svc")
+        .subscription_type(backstop::broker::SubscriptionType::KeyShared)
+        .ordered(true)
+        .retry_strategy(backstop::RetryStrategy::Nack)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "ordered");
+    let ks = ConsumerSpec::new("in", "svc")
+        .subscription_type(backstop::broker::SubscriptionType::KeyShared)
+        .build()
+        .unwrap();
+    assert!(!ks.is_ordered(), "opt-in on Key_Shared");
+    assert!(ConsumerSpec::new("in", "svc")
+        .subscription_type(backstop::broker::SubscriptionType::KeyShared)
+        .ordered(true)
+        .build()
+        .unwrap()
+        .is_ordered());
+}

@@ -34,6 +34,7 @@ fn the_op_generator_covers_breaker_retries_dlq_redeliveries_and_shutdown() {
     let (mut opened, mut closed, mut retried, mut dlq, mut probes, mut parallel) =
         (0, 0, 0, 0, 0, 0);
     let (mut redelivered, mut spent, mut duplicates, mut copies) = (0, 0, 0, 0);
+    let mut behind = 0;
     for _ in 0..300 {
         let cfg = common::consumer_config()
             .new_tree(&mut runner)
@@ -54,6 +55,7 @@ fn the_op_generator_covers_breaker_retries_dlq_redeliveries_and_shutdown() {
         spent += u32::from(s.arrived_spent > 0);
         duplicates += u32::from(s.duplicate_runs > 0);
         copies += u32::from(s.retry_copies > 0);
+        behind += u32::from(s.held_behind_key > 0);
     }
     for (what, n) in [
         ("breaker opened", opened),
@@ -66,6 +68,7 @@ fn the_op_generator_covers_breaker_retries_dlq_redeliveries_and_shutdown() {
         ("deliveries with their budget spent", spent),
         ("duplicate runs after a success", duplicates),
         ("retry-topic copies", copies),
+        ("ordered runs that waited behind their key", behind),
     ] {
         assert!(n >= 30, "only {n} of 300 runs had {what}");
     }

@@ -23,6 +23,7 @@ pub struct ConsumerConfig {
     breaker: BreakerConfig,
     dlq: bool,
     strategy: RetryStrategy,
+    ordered: bool,
 }
 
 /// Where a message waits for its next attempt (docs/retries.md).
@@ -91,8 +92,14 @@ impl ConsumerConfig {
                 breaker: BreakerConfig::default(),
                 dlq: false,
                 strategy: RetryStrategy::InProcess,
+                ordered: false,
             },
         }
+    }
+    /// Whether messages of one ordering key run one at a time in arrival order
+    /// ([`ConsumerConfigBuilder::ordered`]).
+    pub fn ordered(&self) -> bool {
+        self.ordered
     }
     /// Where a message waits for its next attempt.
     pub fn retry_strategy(&self) -> RetryStrategy {
@@ -158,6 +165,16 @@ impl ConsumerConfigBuilder {
         self.cfg.strategy = s;
         self
     }
+    /// Per-key order (default off): a delivery with an ordering key (see
+    /// [`ConsumerMachine::handle_delivery`]) runs only when every earlier delivery of its key
+    /// has left the machine (acked, dead-lettered, nacked), so while a message of key K waits
+    /// for a retry, later messages of K are held (they count toward `max_held`) and other keys
+    /// flow. Needs [`RetryStrategy::InProcess`]: a retry that leaves the consumer could not
+    /// keep its place.
+    pub fn ordered(mut self, on: bool) -> Self {
+        self.cfg.ordered = on;
+        self
+    }
     /// Validates and returns the config.
     pub fn build(self) -> Result<ConsumerConfig, ConfigError> {
         let mut c = self.cfg;
@@ -174,6 +191,12 @@ impl ConsumerConfigBuilder {
             return Err(ConfigError::new(
                 "max_held",
                 "must be at least max_parallelism",
+            ));
+        }
+        if c.ordered && c.strategy != RetryStrategy::InProcess {
+            return Err(ConfigError::new(
+                "ordered",
+                "per-key order needs the in_process retry strategy",
             ));
         }
         Ok(c)
@@ -391,10 +414,17 @@ pub enum ConsumerEvent {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Stage {
     Ready,
-    InFlight { permit: Permit, started: Time },
-    Waiting { until: Time },
+    InFlight {
+        permit: Permit,
+        started: Time,
+    },
+    Waiting {
+        until: Time,
+    },
     DlqPending(DlqInfo),
     RetryPending,
+    /// Ordered: an earlier delivery of its key is still held.
+    Blocked,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -403,6 +433,20 @@ struct Entry {
     attempts: u32,
     first_failure: Option<Time>,
     last_failure: Time,
+    /// Ordered: the ordering key it queues under.
+    okey: Option<u64>,
+}
+
+/// One delivery as [`ConsumerMachine::handle_delivery`] takes it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Delivered {
+    /// Whether the payload decoded (false: poison).
+    pub decoded: bool,
+    /// Handler runs of this message on earlier deliveries.
+    pub prior_runs: u32,
+    /// A hash of the message's ordering key (ordering key, else partition key), for ordered
+    /// consumers; `None` for a message without a key.
+    pub ordering_key: Option<u64>,
 }
 
 /// The consumer state machine for one subscription.
@@ -474,6 +518,8 @@ pub struct ConsumerMachine {
     held_by_operator: bool,
     shutdown_deadline: Option<Time>,
     drained_reported: bool,
+    /// Ordered: held deliveries per ordering key, in arrival order (the head may run).
+    by_key: std::collections::BTreeMap<u64, VecDeque<Key>>,
 }
 
 impl ConsumerMachine {
@@ -494,6 +540,7 @@ impl ConsumerMachine {
             held_by_operator: false,
             shutdown_deadline: None,
             drained_reported: false,
+            by_key: std::collections::BTreeMap::new(),
         };
         m.grant_credit();
         m
@@ -585,6 +632,44 @@ impl ConsumerMachine {
     /// # Ok::<(), ConfigError>(())
     /// ```
     pub fn handle_redelivered(&mut self, now: Time, decoded: bool, prior_runs: u32) -> Key {
+        self.handle_delivery(
+            now,
+            Delivered {
+                decoded,
+                prior_runs,
+                ordering_key: None,
+            },
+        )
+    }
+
+    /// A delivery with everything the machine takes of it: whether it decoded, its prior runs
+    /// (see [`handle_redelivered`](Self::handle_redelivered)) and, for an ordered consumer
+    /// ([`ConsumerConfigBuilder::ordered`]), its ordering key: it then runs only after every
+    /// earlier delivery of that key has left the machine.
+    ///
+    /// ```
+    /// use backstop_engine::core::*;
+    /// let cfg = ConsumerConfig::builder().max_parallelism(4).ordered(true).build()?;
+    /// let mut m = ConsumerMachine::new(cfg);
+    /// let k = |key| Delivered { decoded: true, prior_runs: 0, ordering_key: Some(key) };
+    /// let a = m.handle_delivery(Time::ZERO, k(7));
+    /// let b = m.handle_delivery(Time::ZERO, k(7));
+    /// let c = m.handle_delivery(Time::ZERO, k(8));
+    /// let invoked: Vec<Key> = std::iter::from_fn(|| m.poll_action())
+    ///     .filter_map(|x| match x { ConsumerAction::Invoke { key, .. } => Some(key), _ => None })
+    ///     .collect();
+    /// assert_eq!(invoked, vec![a, c], "b waits behind a; key 8 flows");
+    /// m.handle_finished(Time::ZERO, a, Ok(()));
+    /// assert!(std::iter::from_fn(|| m.poll_action())
+    ///     .any(|x| x == ConsumerAction::Invoke { key: b, attempt: 1 }));
+    /// # Ok::<(), ConfigError>(())
+    /// ```
+    pub fn handle_delivery(&mut self, now: Time, d: Delivered) -> Key {
+        let Delivered {
+            decoded,
+            prior_runs,
+            ordering_key,
+        } = d;
         // Retries that came due before this delivery keep their place ahead of it.
         self.fire_due_retries(now);
         self.outstanding_credit = self.outstanding_credit.saturating_sub(1);
@@ -602,6 +687,7 @@ impl ConsumerMachine {
             attempts: prior_runs_kept,
             first_failure: None,
             last_failure: now,
+            okey: None,
         });
         self.events.push_back(ConsumerEvent::Received {
             key,
@@ -614,11 +700,48 @@ impl ConsumerMachine {
             self.fail_for_good(now, key, DlqReason::Decode, ErrorKind::Decode);
         } else if prior_runs_kept >= self.cfg.retry.max_attempts() {
             self.fail_for_good(now, key, DlqReason::Exhausted, ErrorKind::Handler);
+        } else if let Some(ok) = ordering_key.filter(|_| self.cfg.ordered) {
+            let queue = self.by_key.entry(ok).or_default();
+            queue.push_back(key);
+            let head = queue.len() == 1;
+            #[cfg(feature = "planted-bugs")]
+            let head =
+                head || crate::core::planted::active(crate::core::planted::Bug::KeyOrderIgnored);
+            if let Some(e) = self.entries.get_mut(key) {
+                e.okey = Some(ok);
+                if !head {
+                    e.stage = Stage::Blocked;
+                }
+            }
+            if head {
+                self.ready.push_back(key);
+            }
         } else {
             self.ready.push_back(key);
         }
         self.pump(now);
         key
+    }
+
+    /// Ordered: `key` left the machine; the next delivery of its ordering key may run.
+    fn release_key(&mut self, key: Key, okey: Option<u64>) {
+        let Some(ok) = okey else { return };
+        let Some(queue) = self.by_key.get_mut(&ok) else {
+            return;
+        };
+        queue.retain(|k| *k != key);
+        let next = queue.front().copied();
+        if queue.is_empty() {
+            self.by_key.remove(&ok);
+        }
+        if let Some(next) = next {
+            if let Some(e) = self.entries.get_mut(next) {
+                if e.stage == Stage::Blocked && self.shutdown_deadline.is_none() {
+                    e.stage = Stage::Ready;
+                    self.ready.push_back(next);
+                }
+            }
+        }
     }
 
     /// A handler run finished. Results for keys that are no longer in flight (abandoned at the
@@ -732,7 +855,8 @@ impl ConsumerMachine {
                 #[cfg(feature = "planted-bugs")]
                 if crate::core::planted::active(crate::core::planted::Bug::AckBeforeDlqConfirmed) {
                     // The planted bug already acked it when the publish was requested.
-                    self.entries.remove(key);
+                    let okey = self.entries.remove(key).and_then(|e| e.okey);
+                    self.release_key(key, okey);
                     self.check_drained();
                     return true;
                 }
@@ -814,7 +938,7 @@ impl ConsumerMachine {
             .filter(|k| {
                 matches!(
                     self.entries.get(*k).map(|e| e.stage),
-                    Some(Stage::Waiting { .. })
+                    Some(Stage::Waiting { .. } | Stage::Blocked)
                 )
             })
             .collect();
@@ -911,16 +1035,18 @@ impl ConsumerMachine {
     }
 
     fn ack(&mut self, key: Key) {
-        self.entries.remove(key);
+        let okey = self.entries.remove(key).and_then(|e| e.okey);
+        self.release_key(key, okey);
         self.actions.push_back(ConsumerAction::Ack { key });
         self.events.push_back(ConsumerEvent::Acked { key });
         self.check_drained();
     }
 
     fn nack(&mut self, key: Key, reason: NackReason) {
-        if self.entries.remove(key).is_none() {
+        let Some(entry) = self.entries.remove(key) else {
             return;
-        }
+        };
+        self.release_key(key, entry.okey);
         self.actions.push_back(ConsumerAction::Nack { key, reason });
         self.events.push_back(ConsumerEvent::Nacked { key, reason });
         self.check_drained();
@@ -2121,5 +2247,65 @@ mod tests {
         );
         assert!(!h.m.handle_retry_result(secs(7), k2, Ok(())), "ended");
         assert_eq!("retry_topic".parse(), Ok(RetryStrategy::Topic));
+    }
+
+    #[test]
+    fn ordered_a_key_waits_behind_its_retrying_head_and_other_keys_flow() {
+        let c = ConsumerConfig::builder()
+            .max_parallelism(4)
+            .max_held(6)
+            .retry(retry(1, Duration::from_secs(5)))
+            .ordered(true)
+            .build()
+            .unwrap();
+        let (mut h, _) = H::new(c);
+        let keyed = |h: &mut H, now, k: Option<u64>| {
+            let key = h.m.handle_delivery(
+                now,
+                Delivered {
+                    decoded: true,
+                    prior_runs: 0,
+                    ordering_key: k,
+                },
+            );
+            (key, h.drain())
+        };
+        let (a1, x) = keyed(&mut h, secs(0), Some(1));
+        assert_eq!(invokes(&x), vec![(a1, 1)]);
+        let (a2, x) = keyed(&mut h, secs(0), Some(1));
+        assert!(invokes(&x).is_empty(), "a2 waits behind a1");
+        let (b1, x) = keyed(&mut h, secs(0), Some(2));
+        assert_eq!(invokes(&x), vec![(b1, 1)], "another key flows");
+        let (n, x) = keyed(&mut h, secs(0), None);
+        assert_eq!(invokes(&x), vec![(n, 1)], "no key: unordered");
+        // a1 fails: it waits for its retry, a2 stays held (and counts as held).
+        let x = h.finish(secs(1), a1, Err(ErrorKind::Handler));
+        assert!(invokes(&x).is_empty());
+        assert_eq!(h.m.held(), 4);
+        let x = h.timeout(secs(6));
+        assert_eq!(invokes(&x), vec![(a1, 2)], "the head retries first");
+        // The head is dead-lettered... no DLQ: nacked; then a2 runs.
+        let x = h.finish(secs(7), a1, Err(ErrorKind::Handler));
+        assert_eq!(
+            terminal(&x),
+            vec![Nack {
+                key: a1,
+                reason: NackReason::NoDeadLetter
+            }]
+        );
+        assert_eq!(invokes(&x), vec![(a2, 1)], "K resumes in order");
+        // Shutdown nacks a held (blocked) message at once.
+        let (a3, _) = keyed(&mut h, secs(8), Some(1));
+        h.m.handle_shutdown(secs(8), secs(20));
+        let x = h.drain();
+        assert!(x.contains(&Nack {
+            key: a3,
+            reason: NackReason::Shutdown
+        }));
+        assert!(ConsumerConfig::builder()
+            .ordered(true)
+            .retry_strategy(RetryStrategy::Nack)
+            .build()
+            .is_err());
     }
 }

@@ -34,8 +34,8 @@ pub use breaker::{
 };
 pub use config_error::{parse_duration, ConfigError};
 pub use consumer::{
-    ConsumerAction, ConsumerConfig, ConsumerConfigBuilder, ConsumerEvent, ConsumerMachine, DlqInfo,
-    DlqReason, NackReason, RetryStrategy,
+    ConsumerAction, ConsumerConfig, ConsumerConfigBuilder, ConsumerEvent, ConsumerMachine,
+    Delivered, DlqInfo, DlqReason, NackReason, RetryStrategy,
 };
 pub use error::{ErrorKind, KindSet};
 pub use producer::{

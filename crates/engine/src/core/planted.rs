@@ -16,6 +16,8 @@ pub enum Bug {
     ParallelismOffByOne,
     /// Forget the runs of earlier deliveries: every redelivery starts a fresh attempt budget.
     IgnorePriorRuns,
+    /// An ordered consumer runs a later message of a key while an earlier one is held.
+    KeyOrderIgnored,
 }
 
 thread_local! {

@@ -469,7 +469,8 @@ impl<M: Send + 'static> Driver<M> {
                     let decoded = self.decoder.decode(&msg.payload);
                     let ok = decoded.is_ok();
                     let prior = prior_runs(&msg, &self.spec.topic, &self.memory, self.machine.config().retry().max_retries());
-                    let key = self.machine.handle_redelivered(now, ok, prior);
+                    let ordering_key = ordering_hash(&msg);
+                    let key = self.machine.handle_delivery(now, crate::core::Delivered { decoded: ok, prior_runs: prior, ordering_key });
                     let last_error = decoded.as_ref().err().map(|e| HandlerError::new(ErrorKind::Decode, format!("payload does not decode: {e}")));
                     self.put(Slot { key, msg: Arc::new(msg), decoded: decoded.ok(), last_error, abort: None, runs: prior, from_retry });
                 }
@@ -920,6 +921,19 @@ pub(crate) fn retry_copy(
         event_time_ms: msg.metadata.event_time_ms,
         deliver_after: Some(delay),
     }
+}
+
+/// The hash an ordered consumer queues a message under: of its ordering key, else its key
+/// (FNV-1a, the same in every process); `None` without either.
+fn ordering_hash(msg: &ReceivedMessage) -> Option<u64> {
+    let bytes: &[u8] = match (&msg.metadata.ordering_key, &msg.key) {
+        (Some(o), _) => o,
+        (None, Some(k)) => k.as_bytes(),
+        (None, None) => return None,
+    };
+    Some(bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    }))
 }
 
 /// The `RECONSUMETIMES` property of a retry copy made for `topic`, else 0.

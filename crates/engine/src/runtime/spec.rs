@@ -262,6 +262,7 @@ pub struct ConsumerSpec {
     park_topic: Option<String>,
     strategy: RetryStrategy,
     retry_topic: Option<String>,
+    ordered: Option<bool>,
 }
 
 impl ConsumerSpec {
@@ -287,7 +288,27 @@ impl ConsumerSpec {
             park_topic: None,
             strategy: RetryStrategy::InProcess,
             retry_topic: None,
+            ordered: None,
         }
+    }
+    /// Per-key ordered retries (docs/retries.md): messages with the same ordering key (the
+    /// ordering key, else the key) run one at a time in arrival order, so while a message of
+    /// key K waits for its retry, later messages of K are held (they count toward `max_held`)
+    /// and other keys flow. Default: on for Exclusive and Failover subscriptions with the
+    /// in-process strategy, off otherwise. Allowed on Exclusive, Failover and Key_Shared, with
+    /// the in-process strategy only (a retry that leaves the consumer cannot keep its place).
+    pub fn ordered(mut self, on: bool) -> Self {
+        self.ordered = Some(on);
+        self
+    }
+    /// Whether this consumer keeps per-key order (see [`ordered`](Self::ordered)).
+    pub fn is_ordered(&self) -> bool {
+        self.ordered.unwrap_or(
+            matches!(
+                self.kind,
+                SubscriptionType::Exclusive | SubscriptionType::Failover
+            ) && self.strategy == RetryStrategy::InProcess,
+        )
     }
     /// The retry topic under [`RetryStrategy::Topic`] (default
     /// `<topic>-<subscription>-RETRY`, the Java client's naming, `<topic>` without a
@@ -448,6 +469,20 @@ impl ConsumerSpec {
                 return Err(ConfigError::new("park_topic", "must differ from topic"));
             }
         }
+        if self.ordered == Some(true) {
+            if self.kind == SubscriptionType::Shared {
+                return Err(ConfigError::new(
+                    "ordered",
+                    "per-key order needs an Exclusive, Failover or Key_Shared subscription",
+                ));
+            }
+            if self.strategy != RetryStrategy::InProcess {
+                return Err(ConfigError::new(
+                    "ordered",
+                    "per-key order needs the in_process retry strategy",
+                ));
+            }
+        }
         if let Some(r) = self.retry_topic_name() {
             check_topic("retry_topic", &r)?;
             if r == self.topic || Some(&r) == self.dlq_topic.as_ref() {
@@ -503,6 +538,7 @@ impl ConsumerSpec {
             .breaker(self.breaker.unwrap_or(default_breaker))
             .dead_letter(self.dead_letter_destination().is_some())
             .retry_strategy(self.strategy)
+            .ordered(self.is_ordered())
             .build()
     }
 }

@@ -1,8 +1,8 @@
 //! A machine wrapped with its oracle: every input checked, every output drained into it.
 
 use backstop_engine::core::{
-    ConsumerAction, ConsumerConfig, ConsumerEvent, ConsumerMachine, ErrorKind, Key, ProducerAction,
-    ProducerConfig, ProducerEvent, ProducerMachine, Time,
+    ConsumerAction, ConsumerConfig, ConsumerEvent, ConsumerMachine, Delivered, ErrorKind, Key,
+    ProducerAction, ProducerConfig, ProducerEvent, ProducerMachine, Time,
 };
 
 use super::Violation;
@@ -17,6 +17,7 @@ pub struct CheckedConsumer {
     actions: Vec<ConsumerAction>,
     events: Vec<ConsumerEvent>,
     next_message: u64,
+    message_keys: std::collections::BTreeMap<u64, Option<u64>>,
 }
 
 impl CheckedConsumer {
@@ -28,6 +29,7 @@ impl CheckedConsumer {
             actions: Vec::new(),
             events: Vec::new(),
             next_message: 0,
+            message_keys: std::collections::BTreeMap::new(),
         };
         c.step()?;
         Ok(c)
@@ -75,11 +77,40 @@ impl CheckedConsumer {
 
     /// A delivery of a new message (the oracle tracks it across later [`redeliver`](Self::redeliver)s).
     pub fn deliver(&mut self, now: Time, decoded: bool) -> Result<Key, Violation> {
+        self.deliver_keyed(now, decoded, None)
+    }
+
+    /// A delivery of a new message with an ordering key (see [`ConsumerMachine::handle_delivery`]).
+    pub fn deliver_keyed(
+        &mut self,
+        now: Time,
+        decoded: bool,
+        ordering_key: Option<u64>,
+    ) -> Result<Key, Violation> {
         let message = self.next_message;
         self.next_message += 1;
-        let key = self.machine.handle_delivered(now, decoded);
+        self.message_keys.insert(message, ordering_key);
+        self.deliver_message(now, decoded, message, 0, ordering_key)
+    }
+
+    fn deliver_message(
+        &mut self,
+        now: Time,
+        decoded: bool,
+        message: u64,
+        prior_runs: u32,
+        ordering_key: Option<u64>,
+    ) -> Result<Key, Violation> {
+        let key = self.machine.handle_delivery(
+            now,
+            Delivered {
+                decoded,
+                prior_runs,
+                ordering_key,
+            },
+        );
         self.oracle
-            .delivered_message(now, key, decoded, message, 0)?;
+            .delivered_keyed(now, key, decoded, message, prior_runs, ordering_key)?;
         self.step()?;
         Ok(key)
     }
@@ -94,11 +125,8 @@ impl CheckedConsumer {
             m
         });
         let prior = self.oracle.prior_runs_of(message);
-        let key = self.machine.handle_redelivered(now, decoded, prior);
-        self.oracle
-            .delivered_message(now, key, decoded, message, prior)?;
-        self.step()?;
-        Ok(key)
+        let okey = self.message_keys.get(&message).copied().flatten();
+        self.deliver_message(now, decoded, message, prior, okey)
     }
 
     /// A handler result; returns whether the machine accepted it.

@@ -48,6 +48,12 @@ struct Msg {
     why: &'static str,
     /// The message this delivery is of, when the driver names it.
     message: Option<u64>,
+    /// Ordered consumers: the ordering key it queues under (deliveries that may run only).
+    okey: Option<u64>,
+    /// Arrival order.
+    arrival: u64,
+    /// Ordered: it was held behind an earlier delivery of its key at the end of some step.
+    waited_behind: bool,
 }
 
 /// One message across all its deliveries.
@@ -96,6 +102,11 @@ pub struct ConsumerStats {
     pub duplicate_runs: u64,
     /// Retry-topic copies confirmed.
     pub retry_copies: u64,
+    /// Deliveries of an ordered consumer that queued under an ordering key.
+    pub keyed: u64,
+    /// Handler runs of an ordered consumer's keyed message that had to wait behind an earlier
+    /// delivery of its key at some point.
+    pub held_behind_key: u64,
 }
 
 /// The oracle (docs/architecture.md, "The invariants") for one [`ConsumerMachine`]. See the [module docs](super) for the
@@ -117,6 +128,7 @@ pub struct ConsumerOracle {
     stats: ConsumerStats,
     ledger: BTreeMap<u64, Ledger>,
     message_of: BTreeMap<Key, u64>,
+    arrivals: u64,
 }
 
 impl ConsumerOracle {
@@ -139,6 +151,7 @@ impl ConsumerOracle {
             stats: ConsumerStats::default(),
             ledger: BTreeMap::new(),
             message_of: BTreeMap::new(),
+            arrivals: 0,
         }
     }
 
@@ -206,7 +219,7 @@ impl ConsumerOracle {
     /// Input: the machine returned `key` for a delivery at `now`
     /// ([`ConsumerMachine::handle_delivered`]).
     pub fn delivered(&mut self, now: Time, key: Key, decoded: bool) -> Result<(), Violation> {
-        self.delivered_inner(now, key, decoded, 0, None)
+        self.delivered_inner(now, key, decoded, 0, None, None)
     }
 
     /// Input: the machine returned `key` for a delivery with `prior_runs` earlier runs
@@ -218,7 +231,7 @@ impl ConsumerOracle {
         decoded: bool,
         prior_runs: u32,
     ) -> Result<(), Violation> {
-        self.delivered_inner(now, key, decoded, prior_runs, None)
+        self.delivered_inner(now, key, decoded, prior_runs, None, None)
     }
 
     /// Input: the machine returned `key` for a delivery of `message` (the driver's name for the
@@ -234,11 +247,27 @@ impl ConsumerOracle {
         message: u64,
         prior_runs: u32,
     ) -> Result<(), Violation> {
+        self.delivered_keyed(now, key, decoded, message, prior_runs, None)
+    }
+
+    /// Like [`delivered_message`](Self::delivered_message), with the delivery's ordering key
+    /// as given to [`ConsumerMachine::handle_delivery`]. For an ordered consumer the oracle
+    /// then checks [`Rule::KeyOrder`]: a delivery of a key runs only when no earlier delivery
+    /// of that key is held.
+    pub fn delivered_keyed(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        message: u64,
+        prior_runs: u32,
+        ordering_key: Option<u64>,
+    ) -> Result<(), Violation> {
         if self.ledger.contains_key(&message) {
             self.stats.redelivered += 1;
         }
         self.ledger.entry(message).or_default();
-        self.delivered_inner(now, key, decoded, prior_runs, Some(message))
+        self.delivered_inner(now, key, decoded, prior_runs, Some(message), ordering_key)
     }
 
     fn delivered_inner(
@@ -248,6 +277,7 @@ impl ConsumerOracle {
         decoded: bool,
         prior_runs: u32,
         message: Option<u64>,
+        ordering_key: Option<u64>,
     ) -> Result<(), Violation> {
         self.begin(now);
         if self.live.contains_key(&key) || self.done.contains(&key) {
@@ -295,6 +325,11 @@ impl ConsumerOracle {
             self.message_of.insert(key, msg);
         }
         let failed_before = !decoded || spent;
+        let joins = self.cfg.ordered() && expect == Expect::Nothing;
+        self.arrivals += 1;
+        if joins && ordering_key.is_some() {
+            self.stats.keyed += 1;
+        }
         self.live.insert(
             key,
             Msg {
@@ -317,6 +352,9 @@ impl ConsumerOracle {
                 expect,
                 why,
                 message,
+                okey: ordering_key.filter(|_| joins),
+                arrival: self.arrivals,
+                waited_behind: false,
             },
         );
         Ok(())
@@ -645,6 +683,20 @@ impl ConsumerOracle {
                 );
             }
         }
+        if let Some(k) = m.okey {
+            if let Some((earlier, _)) = self
+                .live
+                .iter()
+                .find(|(_, o)| o.okey == Some(k) && o.arrival < m.arrival)
+            {
+                return e(
+                    Rule::KeyOrder,
+                    format!(
+                        "attempt {attempt} while {earlier}, delivered earlier with the same ordering key, is still held"
+                    ),
+                );
+            }
+        }
         if attempt > max_attempts {
             return e(
                 Rule::TooManyAttempts,
@@ -718,6 +770,9 @@ impl ConsumerOracle {
             self.stats.probes += 1;
         }
         let m = self.live.get_mut(&key).expect("checked above");
+        if m.waited_behind {
+            self.stats.held_behind_key += 1;
+        }
         if let Some(l) = m.message.and_then(|msg| self.ledger.get_mut(&msg)) {
             if l.succeeded {
                 self.stats.duplicate_runs += 1;
@@ -940,8 +995,18 @@ impl ConsumerOracle {
                 && m.expect == Expect::Nothing
                 && !m.poison
                 && !m.succeeded
-                && (m.attempts == 0 || m.not_before <= self.now))
-                .then_some(*k)
+                && (m.attempts == 0 || m.not_before <= self.now)
+                && !self.blocked(m))
+            .then_some(*k)
+        })
+    }
+
+    /// Ordered: whether an earlier delivery of `m`'s key is still held.
+    fn blocked(&self, m: &Msg) -> bool {
+        m.okey.is_some_and(|k| {
+            self.live
+                .values()
+                .any(|o| o.okey == Some(k) && o.arrival < m.arrival)
         })
     }
 
@@ -949,6 +1014,19 @@ impl ConsumerOracle {
     /// reported transitions match the reference's, credit is right and no ready work is left
     /// idle.
     pub fn end_step(&mut self) -> Result<(), Violation> {
+        if self.cfg.ordered() {
+            let behind: Vec<Key> = self
+                .live
+                .iter()
+                .filter(|(_, m)| self.blocked(m))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in behind {
+                if let Some(m) = self.live.get_mut(&k) {
+                    m.waited_behind = true;
+                }
+            }
+        }
         if let Some((k, m)) = self.live.iter().find(|(_, m)| m.expect != Expect::Nothing) {
             let what = match m.expect {
                 Expect::Ack => "an ack".to_string(),

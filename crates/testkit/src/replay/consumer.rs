@@ -17,6 +17,13 @@ pub enum ConsumerOp {
         /// Whether the payload fails to decode.
         poison: bool,
     },
+    /// A delivery with an ordering key (skipped when the machine has granted no credit).
+    DeliverKeyed {
+        /// Whether the payload fails to decode.
+        poison: bool,
+        /// Its ordering key (modulo 4, so keys repeat).
+        key: u8,
+    },
     /// The broker delivers again a message whose delivery already ended: after a nack, or a
     /// duplicate after a lost ack (skipped without credit or when nothing ended).
     Redeliver {
@@ -117,6 +124,13 @@ impl ConsumerDriver {
                     return Ok(false);
                 }
                 self.c.deliver(now, !poison)?;
+            }
+            ConsumerOp::DeliverKeyed { poison, key } => {
+                if self.c.machine().credit() == 0 {
+                    return Ok(false);
+                }
+                self.c
+                    .deliver_keyed(now, !poison, Some(u64::from(key % 4)))?;
             }
             ConsumerOp::Redeliver { pick, poison } => {
                 if self.c.machine().credit() == 0 {

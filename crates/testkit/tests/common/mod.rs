@@ -63,8 +63,9 @@ pub fn consumer_config() -> impl Strategy<Value = ConsumerConfig> {
             RetryStrategy::Nack,
             RetryStrategy::Topic,
         ]),
+        any::<bool>(),
     )
-        .prop_map(|(par, extra, retry, breaker, dlq, strategy)| {
+        .prop_map(|(par, extra, retry, breaker, dlq, strategy, ordered)| {
             ConsumerConfig::builder()
                 .max_parallelism(par)
                 .max_held(par + extra)
@@ -72,6 +73,7 @@ pub fn consumer_config() -> impl Strategy<Value = ConsumerConfig> {
                 .breaker(breaker)
                 .dead_letter(dlq)
                 .retry_strategy(strategy)
+                .ordered(ordered && strategy == RetryStrategy::InProcess)
                 .build()
                 .expect("valid consumer")
         })
@@ -90,7 +92,9 @@ pub fn producer_config() -> impl Strategy<Value = ProducerConfig> {
 
 pub fn consumer_op() -> impl Strategy<Value = ConsumerOp> {
     prop_oneof![
-        6 => prop::bool::weighted(0.1).prop_map(|poison| ConsumerOp::Deliver { poison }),
+        4 => prop::bool::weighted(0.1).prop_map(|poison| ConsumerOp::Deliver { poison }),
+        3 => (prop::bool::weighted(0.05), any::<u8>())
+            .prop_map(|(poison, key)| ConsumerOp::DeliverKeyed { poison, key }),
         6 => (any::<u8>(), result()).prop_map(|(pick, result)| ConsumerOp::Finish { pick, result }),
         2 => (any::<u8>(), prop::bool::weighted(0.7))
             .prop_map(|(pick, ok)| ConsumerOp::DlqResult {
