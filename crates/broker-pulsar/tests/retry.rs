@@ -256,3 +256,92 @@ async fn without_a_dlq_a_message_is_parked_after_its_budget_on_pulsar() {
     })
     .await;
 }
+
+/// Per-key ordered retries on a Key_Shared subscription with two consumers: the first message
+/// of every key fails once and waits for its retry; later messages of its key wait behind it,
+/// so per key the handler runs follow publish order (the broker spreads the keys over both
+/// consumers; which got which is printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_retries_keep_per_key_order_on_key_shared_with_two_consumers() {
+    bounded(Duration::from_secs(120), async {
+        let bs = context(connect().await);
+        let topic = unique("ordered");
+        type Seen = Vec<(usize, i64, u32, u32)>; // (consumer, user, seq, attempt)
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let mut handles = Vec::new();
+        for consumer in 0..2 {
+            let s2 = seen.clone();
+            let spec = ConsumerSpec::new(&topic, "svc")
+                .subscription_type(backstop::broker::SubscriptionType::KeyShared)
+                .ordered(true)
+                .max_parallelism(4)
+                .max_retries(2)
+                .retry_delay(Duration::from_millis(300))
+                .build()
+                .unwrap();
+            handles.push(
+                bs.spawn_consumer_with_delivery(spec, move |m: (i64, u32), d: Delivery| {
+                    s2.lock().unwrap().push((consumer, m.0, m.1, d.attempt()));
+                    let fail = m.1 == 0 && d.attempt() == 1;
+                    async move {
+                        if fail {
+                            Err(HandlerError::retryable("first message of a key fails once"))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                })
+                .await
+                .expect("subscribe"),
+            );
+        }
+        let task = Task::new(&bs, TaskSpec::new(&topic).build().unwrap()).unwrap();
+        const USERS: i64 = 8;
+        const SEQ: u32 = 6;
+        for seq in 0..SEQ {
+            for user in 0..USERS {
+                task.call_using(
+                    (user, seq),
+                    backstop::Json,
+                    |a: &(i64, u32), _: &(i64, u32)| {
+                        backstop::MessageOptions::new().key(a.0.to_string())
+                    },
+                    |a: &(i64, u32)| {
+                        let a = *a;
+                        async move { Ok::<_, backstop::TaskError>(a) }
+                    },
+                )
+                .await
+                .expect("published");
+            }
+        }
+        let total = (USERS as usize) * (SEQ as usize + 1);
+        wait_until(Duration::from_secs(90), || {
+            seen.lock().unwrap().len() >= total
+        })
+        .await;
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen.len(),
+            total,
+            "each message once, plus one retry per key"
+        );
+        let mut used = std::collections::BTreeSet::new();
+        for user in 0..USERS {
+            let runs: Vec<(u32, u32)> = seen
+                .iter()
+                .filter(|s| s.1 == user)
+                .map(|s| (s.2, s.3))
+                .collect();
+            let mut want = vec![(0, 1), (0, 2)];
+            want.extend((1..SEQ).map(|s| (s, 1)));
+            assert_eq!(runs, want, "user {user}: per-key order through the retry");
+            used.extend(seen.iter().filter(|s| s.1 == user).map(|s| s.0));
+        }
+        say(&format!("ordered: {USERS} keys over consumers {used:?}"));
+        for h in handles {
+            h.shutdown().await;
+        }
+    })
+    .await;
+}
