@@ -836,3 +836,64 @@ fn ordered_is_rejected_where_it_cannot_hold() {
         .unwrap()
         .is_ordered());
 }
+
+/// A DLQ publish that fails transiently is retried in place with backoff (the message stays
+/// unacked, not nacked) and the failed producer is replaced once; a lasting failure is nacked.
+#[tokio::test(start_paused = true)]
+async fn transient_dlq_publish_failures_are_retried_in_place_then_nacked() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_retries(0)
+        .dlq_topic("in_dlq")
+        .build()
+        .unwrap();
+    // The handler rejects the message and breaks the next two sends: the DLQ publish's.
+    let faults = mem.faults();
+    let handle = bs
+        .spawn_consumer(spec, move |_m: Msg| {
+            faults.fail_next(backstop_mem::Op::Send, 2, backstop::ErrorKind::Connection);
+            async { Err(HandlerError::invalid("rejected")) }
+        })
+        .await
+        .unwrap();
+    let producers_before = mem.counters().producers;
+    publish(&mem, "in", [1]).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        mem.topic_messages("in_dlq").len(),
+        1,
+        "the third attempt went through"
+    );
+    assert_eq!(mem.subscription_stats("in", "svc").unwrap().backlog(), 0);
+    // one producer for "in" (the test's), DLQ producers: the first and one replacement per
+    // failed attempt at most
+    let created = mem.counters().producers - producers_before;
+    assert!(created <= 4, "{created} producers created");
+    let report = handle.shutdown().await;
+    assert_eq!((report.dead_lettered, report.nacked), (1, 0), "{report:?}");
+    // A lasting outage of the DLQ: after the attempts, nacked (never acked), redelivered.
+    let (bs, mem) = common::context();
+    let faults = mem.faults();
+    let handle = bs
+        .spawn_consumer(
+            ConsumerSpec::new("in", "svc")
+                .max_retries(0)
+                .dlq_topic("in_dlq")
+                .nack_delay(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            move |_m: Msg| {
+                faults.fail_next(backstop_mem::Op::Send, 3, backstop::ErrorKind::Timeout);
+                async { Err(HandlerError::invalid("rejected")) }
+            },
+        )
+        .await
+        .unwrap();
+    publish(&mem, "in", [1]).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(mem.topic_messages("in_dlq").is_empty());
+    let stats = mem.subscription_stats("in", "svc").unwrap();
+    assert_eq!((stats.acked, stats.nacks), (0, 1), "{stats:?}");
+    let report = handle.shutdown_within(Duration::from_secs(1)).await;
+    assert_eq!(report.acked, 0, "{report:?}");
+}

@@ -240,6 +240,15 @@ impl Backstop {
         self.inner.producers.lock().await.remove(topic);
     }
 
+    /// Forgets the cached producer of `topic` only if it is still `failed`: many sends that
+    /// failed on one producer replace it once, not once each (no producer-creation storm).
+    pub(crate) async fn drop_producer_if(&self, topic: &str, failed: &Arc<dyn Producer>) {
+        let mut cache = self.inner.producers.lock().await;
+        if cache.get(topic).is_some_and(|p| Arc::ptr_eq(p, failed)) {
+            cache.remove(topic);
+        }
+    }
+
     /// Counts a task call as under way until the guard drops.
     pub(crate) fn track_call(&self) -> CallGuard {
         self.inner.calls.send_modify(|n| *n += 1);

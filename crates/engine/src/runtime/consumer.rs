@@ -633,20 +633,7 @@ impl<M: Send + 'static> Driver<M> {
                 let bs = self.bs.clone();
                 let done = done_tx.clone();
                 self.io.spawn(async move {
-                    let r = match bs.producer(&dlq_topic).await {
-                        Ok(p) => match tokio::time::timeout(Duration::from_secs(10), p.send(msg))
-                            .await
-                        {
-                            Ok(r) => r.map(|_| ()),
-                            Err(_) => Err(BrokerError::timeout("dead-letter publish timed out")),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = &r {
-                        if e.kind().is_transient() {
-                            bs.drop_producer(&dlq_topic).await;
-                        }
-                    }
+                    let r = publish_bounded(&bs, &dlq_topic, msg, "dead-letter").await;
                     let _ = done.send(Done::Dlq(key, r));
                 });
             }
@@ -671,20 +658,7 @@ impl<M: Send + 'static> Driver<M> {
                 let bs = self.bs.clone();
                 let done = done_tx.clone();
                 self.io.spawn(async move {
-                    let r = match bs.producer(&retry_topic).await {
-                        Ok(p) => match tokio::time::timeout(Duration::from_secs(10), p.send(msg))
-                            .await
-                        {
-                            Ok(r) => r.map(|_| ()),
-                            Err(_) => Err(BrokerError::timeout("retry-topic publish timed out")),
-                        },
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = &r {
-                        if e.kind().is_transient() {
-                            bs.drop_producer(&retry_topic).await;
-                        }
-                    }
+                    let r = publish_bounded(&bs, &retry_topic, msg, "retry-topic").await;
                     let _ = done.send(Done::Retry(key, r));
                 });
             }
@@ -952,6 +926,52 @@ pub(crate) fn reconsume_times(msg: &ReceivedMessage, topic: &str) -> u32 {
 /// (`persistent://tenant/ns/name`) and the other short.
 fn same_topic(a: &str, b: &str) -> bool {
     a == b || a.ends_with(&format!("/{b}")) || b.ends_with(&format!("/{a}"))
+}
+
+/// Attempts of one DLQ, parking or retry-topic publish before it counts as failed (and the
+/// message is nacked for redelivery).
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Publishes `msg` to `topic` for the consumer (a DLQ or parking record, a retry copy): each
+/// attempt within 10 s; a transient failure (Connection, Timeout) is retried up to
+/// [`PUBLISH_ATTEMPTS`] times with a doubling backoff from 200 ms, the message staying held
+/// (unacked) meanwhile, and replaces the topic's cached producer only if it is still the one
+/// that failed, so concurrent failures cause one new producer, not one each. Other failures
+/// return at once.
+async fn publish_bounded(
+    bs: &Backstop,
+    topic: &str,
+    msg: crate::broker::OutgoingMessage,
+    what: &str,
+) -> Result<(), BrokerError> {
+    let mut backoff = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        let (r, producer) = match bs.producer(topic).await {
+            Ok(p) => {
+                let r = match tokio::time::timeout(Duration::from_secs(10), p.send(msg.clone()))
+                    .await
+                {
+                    Ok(r) => r.map(|_| ()),
+                    Err(_) => Err(BrokerError::timeout(format!("{what} publish timed out"))),
+                };
+                (r, Some(p))
+            }
+            Err(e) => (Err(e), None),
+        };
+        let Err(e) = r else { return Ok(()) };
+        if !e.kind().is_transient() || attempt >= PUBLISH_ATTEMPTS {
+            return Err(e); // counted by the machine's failure event
+        }
+        bs.metrics().record_error(topic, e.kind());
+        if let Some(p) = producer {
+            bs.drop_producer_if(topic, &p).await;
+        }
+        tracing::warn!(topic, attempt, error = %e, retry_in = ?backoff, "{what} publish failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+        attempt += 1;
+    }
 }
 
 /// Attempts of one ack or nack before the acker gives up on it (the broker then redelivers the
