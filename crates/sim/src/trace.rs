@@ -268,8 +268,12 @@ fn encode(what: &What, out: &mut impl FnMut(u64)) {
                 key,
                 poison,
                 prior_runs,
+                ordering_key,
             } => {
                 out(0x20 | u64::from(poison) << 8 | u64::from(prior_runs) << 16);
+                if let Some(k) = ordering_key {
+                    out(k);
+                }
                 out(key.as_u64());
             }
             ConsumerEvent::Invoked {

@@ -8,7 +8,7 @@
 //!
 //! | the step's first event | input fed to the oracle |
 //! |---|---|
-//! | `Received { key, poison, prior_runs }` | `delivered_after(now, key, !poison, prior_runs)` |
+//! | `Received { key, poison, prior_runs, ordering_key }` | `delivered_observed(now, key, !poison, prior_runs, ordering_key)` |
 //! | `Succeeded { key, .. }` / `Failed { key, kind, .. }` | `finished(now, key, Ok / Err(kind), accepted)` |
 //! | `DeadLettered { key, .. }` / `DeadLetterFailed { key, kind }` | `dlq_result(now, key, Ok / Err(kind), accepted)` |
 //! | `RetryPublished { key }` / `RetryPublishFailed { key, kind }` | `retry_result(now, key, Ok / Err(kind), accepted)` |
@@ -181,7 +181,10 @@ impl ConsumerFeed {
                 key,
                 poison,
                 prior_runs,
-            }) => self.oracle.delivered_after(now, key, !poison, prior_runs)?,
+                ordering_key,
+            }) => self
+                .oracle
+                .delivered_observed(now, key, !poison, prior_runs, ordering_key)?,
             Some(ConsumerEvent::Succeeded { key, .. }) => {
                 self.oracle.finished(now, key, Ok(()), true)?
             }

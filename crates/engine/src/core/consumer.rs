@@ -328,6 +328,9 @@ pub enum ConsumerEvent {
         /// Handler runs of this message on earlier deliveries, as the driver passed them to
         /// [`ConsumerMachine::handle_redelivered`] (0 for [`ConsumerMachine::handle_delivered`]).
         prior_runs: u32,
+        /// The ordering key it queues under, for an ordered consumer (`None` otherwise, or
+        /// when it will not run: poison, budget spent, shutdown).
+        ordering_key: Option<u64>,
     },
     /// A handler run started.
     Invoked {
@@ -689,10 +692,15 @@ impl ConsumerMachine {
             last_failure: now,
             okey: None,
         });
+        let queues = self.cfg.ordered
+            && decoded
+            && self.shutdown_deadline.is_none()
+            && prior_runs_kept < self.cfg.retry.max_attempts();
         self.events.push_back(ConsumerEvent::Received {
             key,
             poison: !decoded,
             prior_runs,
+            ordering_key: ordering_key.filter(|_| queues),
         });
         if self.shutdown_deadline.is_some() {
             self.nack(key, NackReason::Shutdown);
@@ -1647,7 +1655,8 @@ mod tests {
         assert!(h.events.contains(&ConsumerEvent::Received {
             key: k,
             poison: true,
-            prior_runs: 0
+            prior_runs: 0,
+            ordering_key: None
         }));
         assert!(
             invokes(&a).is_empty(),
@@ -2122,7 +2131,8 @@ mod tests {
         assert!(h.events.contains(&ConsumerEvent::Received {
             key: k,
             poison: false,
-            prior_runs: 2
+            prior_runs: 2,
+            ordering_key: None
         }));
         let a = h.finish(secs(1), k, Err(ErrorKind::Handler));
         assert!(

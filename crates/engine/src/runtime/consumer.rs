@@ -679,6 +679,7 @@ impl<M: Send + 'static> Driver<M> {
                 key,
                 poison,
                 prior_runs,
+                ..
             } => {
                 self.report.received += 1;
                 self.meters.received.inc();

@@ -234,6 +234,20 @@ impl ConsumerOracle {
         self.delivered_inner(now, key, decoded, prior_runs, None, None)
     }
 
+    /// Like [`delivered_after`](Self::delivered_after), with the ordering key an ordered
+    /// consumer queues the delivery under (as its `Received` event reports it), so
+    /// [`Rule::KeyOrder`] is checked for observed consumers too.
+    pub fn delivered_observed(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        prior_runs: u32,
+        ordering_key: Option<u64>,
+    ) -> Result<(), Violation> {
+        self.delivered_inner(now, key, decoded, prior_runs, None, ordering_key)
+    }
+
     /// Input: the machine returned `key` for a delivery of `message` (the driver's name for the
     /// message, the same across its redeliveries) with `prior_runs` earlier runs. The oracle
     /// then also checks the budget across deliveries: at most `max_retries + 1` runs of the
