@@ -6,6 +6,8 @@
   pulsar_py_smoke.py consume  -t TOPIC -n N   receive N (from the earliest), ack, check payloads
   pulsar_py_smoke.py dlq      -t TOPIC -n N   receive N dead-letter records (from the earliest), ack,
                                               check the Java DLQ properties and the JSON body
+  pulsar_py_smoke.py retry    -t TOPIC -n N   receive N retry-topic copies (from the earliest), ack,
+                                              check the Java retry properties, print them and the body
 
 produce options: --json sends {"i": i, "prefix": PREFIX} instead of text; --batching turns on
 producer-side batching (messages sent asynchronously, then flushed, so they share batches);
@@ -29,6 +31,7 @@ import time
 import pulsar
 
 JAVA_DLQ_PROPERTIES = ("REAL_TOPIC", "ORIGIN_MESSAGE_ID", "RECONSUMETIMES")
+JAVA_RETRY_PROPERTIES = ("REAL_TOPIC", "RETRY_TOPIC", "ORIGIN_MESSAGE_ID", "RECONSUMETIMES", "DELAY_TIME")
 
 
 def java_id(msg_id) -> str:
@@ -117,10 +120,28 @@ def read_dlq(consumer, a) -> dict:
     return {"records": records}
 
 
+def read_retry(consumer, a) -> dict:
+    copies = []
+    for n in range(a.count):
+        msg = consumer.receive(timeout_millis=a.timeout_ms)
+        props = msg.properties()
+        missing = [p for p in JAVA_RETRY_PROPERTIES if p not in props]
+        if missing:
+            raise ValueError(f"copy {n} ({java_id(msg.message_id())}) lacks {missing}: {props}")
+        consumer.acknowledge(msg)
+        copies.append({
+            "properties": props,
+            "body": json.loads(msg.data()),
+            "key": msg.partition_key() or None,
+            "id": java_id(msg.message_id()),
+        })
+    return {"copies": copies}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", nargs="?", default="roundtrip",
-                    choices=["roundtrip", "produce", "consume", "dlq"])
+                    choices=["roundtrip", "produce", "consume", "dlq", "retry"])
     ap.add_argument("--url", default=os.environ.get("PULSAR_SERVICE_URL", "pulsar://127.0.0.1:6650"))
     ap.add_argument("-t", "--topic", default=f"persistent://public/default/py-smoke-{int(time.time() * 1000)}")
     ap.add_argument("-n", "--count", type=int, default=10)
@@ -138,7 +159,7 @@ def main() -> int:
     out = None
     try:
         consumer = None
-        if a.mode in ("roundtrip", "consume", "dlq"):
+        if a.mode in ("roundtrip", "consume", "dlq", "retry"):
             consumer = client.subscribe(a.topic, a.subscription,
                                         initial_position=pulsar.InitialPosition.Earliest)
         if a.mode in ("roundtrip", "produce"):
@@ -149,6 +170,8 @@ def main() -> int:
             consume(consumer, a)
         if a.mode == "dlq":
             out = read_dlq(consumer, a)
+        if a.mode == "retry":
+            out = read_retry(consumer, a)
         if consumer is not None:
             consumer.close()
     except Exception as e:  # timeout on receive, connection refused, wrong payload, ...

@@ -107,8 +107,8 @@ impl ConsumerSetup {
 }
 
 /// One driver op from one selector byte plus its fields. Out of 256: deliveries 60 (one in
-/// eight poison), handler results 80, DLQ results 25, clock steps 30, jumps to the next
-/// wake-up 35, timeouts 10, late results 13, shutdown 3.
+/// eight poison), handler results 80, DLQ results 15, retry-topic results 10, clock steps 30, jumps to the next
+/// wake-up 35, timeouts 10, late results 7, redeliveries 6, shutdown 3.
 pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<ConsumerOp> {
     Ok(match u8::arbitrary(u)? {
         0..=59 => ConsumerOp::Deliver {
@@ -118,7 +118,11 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<ConsumerOp> {
             pick: u.arbitrary()?,
             result: result(u)?,
         },
-        140..=164 => ConsumerOp::DlqResult {
+        140..=154 => ConsumerOp::DlqResult {
+            pick: u.arbitrary()?,
+            result: result(u)?,
+        },
+        155..=164 => ConsumerOp::RetryResult {
             pick: u.arbitrary()?,
             result: result(u)?,
         },
@@ -127,8 +131,12 @@ pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<ConsumerOp> {
         },
         195..=229 => ConsumerOp::JumpToTimeout,
         230..=239 => ConsumerOp::Timeout,
-        240..=252 => ConsumerOp::Late {
+        240..=246 => ConsumerOp::Late {
             pick: u.arbitrary()?,
+        },
+        247..=252 => ConsumerOp::Redeliver {
+            pick: u.arbitrary()?,
+            poison: u8::arbitrary(u)? < 16,
         },
         _ => ConsumerOp::Shutdown {
             grace_millis: u.arbitrary()?,

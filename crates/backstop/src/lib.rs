@@ -89,7 +89,9 @@
 //! [`Backstop::spawn_consumer`]) and a sans-IO [`core`] that makes every decision.
 #![warn(missing_docs)]
 
-pub use backstop_engine::core::{BreakerConfig, BreakerState, ConfigError, ErrorKind, RetryPolicy};
+pub use backstop_engine::core::{
+    BreakerConfig, BreakerState, ConfigError, ErrorKind, RetryPolicy, RetryStrategy,
+};
 #[cfg(feature = "protobuf")]
 pub use backstop_engine::runtime::Protobuf;
 #[cfg(feature = "otel")]

@@ -143,36 +143,42 @@ async fn a_handler_sees_its_delivery_and_the_attempt_number() {
 #[tokio::test(start_paused = true)]
 async fn redelivery_count_comes_from_the_broker() {
     let (bs, mem) = common::context();
-    let counts = Arc::new(Mutex::new(Vec::new()));
-    let c2 = counts.clone();
-    // No retries, no DLQ: a failure nacks, and the broker redelivers.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    // The first consumer's run outlives the shutdown grace: abandoned and nacked, the broker
+    // redelivers it to the next consumer, which knows nothing of the run but the broker's count.
     let spec = ConsumerSpec::new("rd", "svc")
-        .max_retries(0)
-        .nack_delay(Duration::from_millis(100))
+        .max_retries(3)
+        .shutdown_grace(Duration::from_secs(1))
         .build()
         .unwrap();
-    let handle = bs
-        .spawn_consumer_with_delivery(spec, move |_m: serde_json::Value, d: Delivery| {
-            c2.lock().unwrap().push(d.redelivery_count());
-            let fail = d.redelivery_count() == 0;
+    let s2 = seen.clone();
+    let first = bs
+        .spawn_consumer_with_delivery(spec.clone(), move |_m: serde_json::Value, d: Delivery| {
+            s2.lock().unwrap().push((d.redelivery_count(), d.attempt()));
             async move {
-                if fail {
-                    Err(HandlerError::retryable("once"))
-                } else {
-                    Ok(())
-                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(())
             }
         })
         .await
         .unwrap();
     let p = mem.producer("rd").await.unwrap();
     p.send(OutgoingMessage::new(b"{}".to_vec())).await.unwrap();
-    until(Duration::from_secs(30), || {
-        counts.lock().unwrap().len() == 2
-    })
-    .await;
-    assert_eq!(*counts.lock().unwrap(), vec![0, 1]);
-    handle.shutdown().await;
+    until(Duration::from_secs(30), || seen.lock().unwrap().len() == 1).await;
+    let report = first.shutdown().await;
+    assert_eq!(report.nacked, 1, "{report:?}");
+    let s3 = seen.clone();
+    let second = bs
+        .spawn_consumer_with_delivery(spec, move |_m: serde_json::Value, d: Delivery| {
+            s3.lock().unwrap().push((d.redelivery_count(), d.attempt()));
+            async { Ok(()) }
+        })
+        .await
+        .unwrap();
+    until(Duration::from_secs(30), || seen.lock().unwrap().len() == 2).await;
+    // The redelivery is charged as one earlier run: attempt 2 of the message's one budget.
+    assert_eq!(*seen.lock().unwrap(), vec![(0, 1), (1, 2)]);
+    second.shutdown().await;
 }
 
 struct Db {

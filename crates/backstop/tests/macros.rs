@@ -46,6 +46,16 @@ async fn process_user_update(message: UserUpdate) -> Result<(), HandlerError> {
     Ok(())
 }
 
+#[backstop::consumer(
+    topic = "audit",
+    subscription = "svc",
+    park_topic = "audit-parked",
+    retry = "retry_topic"
+)]
+async fn audited(_m: serde_json::Value) -> Result<(), HandlerError> {
+    Ok(())
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_seed_example_works_through_the_macros() {
     let (bs, mem) = common::context();
@@ -55,6 +65,21 @@ async fn the_seed_example_works_through_the_macros() {
     assert_eq!(spec.subscription(), "user_service");
     assert_eq!(spec.max_parallelism_value(), 5);
     assert_eq!(update_user::spec().unwrap().dlq(), Some("user_updates_dlq"));
+    assert_eq!(
+        spec.parking_topic().as_deref(),
+        Some("user_updates-user_service-PARKED"),
+        "no DLQ: failed messages are parked"
+    );
+    let audit = audited::spec().unwrap();
+    assert_eq!(audit.parking_topic().as_deref(), Some("audit-parked"));
+    assert_eq!(
+        audit
+            .consumer_config(backstop::BreakerConfig::default())
+            .unwrap()
+            .retry_strategy(),
+        backstop::RetryStrategy::Topic
+    );
+    assert_eq!(audit.retry_topic_name().as_deref(), Some("audit-svc-RETRY"));
 
     let consumer = process_user_update::start(&bs).await.unwrap();
     let sent = update_user(42, serde_json::json!({"name": "Ada"}))

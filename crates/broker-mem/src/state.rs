@@ -51,6 +51,8 @@ pub(crate) struct Stored {
     pub(crate) event_time_ms: Option<u64>,
     /// Wall-clock time of the publish (ms since the Unix epoch).
     pub(crate) publish_time_ms: u64,
+    /// Not delivered before this instant (delayed delivery).
+    pub(crate) deliver_at: Option<Instant>,
 }
 
 impl Stored {
@@ -365,6 +367,10 @@ impl State {
 
     /// Appends to the topic's log and makes the message available to every subscription.
     pub(crate) fn publish(&mut self, topic: &str, message: OutgoingMessage) -> MessageId {
+        let deliver_at = message
+            .deliver_after
+            .filter(|d| !d.is_zero())
+            .map(|d| Instant::now() + d);
         let t = self.topic_mut(topic);
         let seq = t.log.len() as u64;
         let publish_time_ms = std::time::SystemTime::now()
@@ -377,9 +383,13 @@ impl State {
             ordering_key: message.ordering_key,
             event_time_ms: message.event_time_ms,
             publish_time_ms,
+            deliver_at,
         });
         for sub in t.subs.values_mut() {
-            sub.available.insert(seq);
+            match deliver_at {
+                Some(at) => sub.delayed.insert((at, seq)),
+                None => sub.available.insert(seq),
+            };
             sub.notify.notify_waiters();
         }
         let index = t.index;
@@ -393,12 +403,21 @@ impl State {
         let consumer = self.next_consumer + 1;
         let t = self.topic_mut(&spec.topic);
         let log_len = t.log.len() as u64;
+        let log = &t.log;
         let sub = t.subs.entry(spec.subscription.clone()).or_insert_with(|| {
             let start = match initial {
                 InitialPosition::Latest => log_len,
                 InitialPosition::Earliest => 0,
             };
-            Sub::new(spec, start, log_len)
+            let mut sub = Sub::new(spec, start, log_len);
+            // Delayed messages of the log wait for their time here too.
+            for seq in start..log_len {
+                if let Some(at) = log[seq as usize].deliver_at {
+                    sub.available.remove(&seq);
+                    sub.delayed.insert((at, seq));
+                }
+            }
+            sub
         });
         if !sub.consumers.is_empty() {
             if sub.kind != spec.kind {

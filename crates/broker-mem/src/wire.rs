@@ -160,6 +160,8 @@ pub(crate) struct WireOutgoing {
     ordering_key: Option<Vec<u8>>,
     #[serde(default)]
     event_time_ms: Option<u64>,
+    #[serde(default)]
+    deliver_after_ms: Option<u64>,
 }
 
 impl From<OutgoingMessage> for WireOutgoing {
@@ -170,6 +172,7 @@ impl From<OutgoingMessage> for WireOutgoing {
             properties: m.properties,
             ordering_key: m.ordering_key,
             event_time_ms: m.event_time_ms,
+            deliver_after_ms: m.deliver_after.map(|d| d.as_millis() as u64),
         }
     }
 }
@@ -182,6 +185,7 @@ impl From<WireOutgoing> for OutgoingMessage {
             properties: m.properties,
             ordering_key: m.ordering_key,
             event_time_ms: m.event_time_ms,
+            deliver_after: m.deliver_after_ms.map(std::time::Duration::from_millis),
         }
     }
 }

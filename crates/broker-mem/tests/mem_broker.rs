@@ -711,3 +711,37 @@ fn the_same_calls_give_the_same_trace() {
     assert!(first.len() > 40, "{first:?}");
     assert_eq!(first, run());
 }
+
+#[tokio::test(start_paused = true)]
+async fn delayed_messages_are_delivered_after_their_delay_and_others_pass_them() {
+    let broker = MemBroker::with_config(MemConfig {
+        initial_position: InitialPosition::Earliest,
+    });
+    let p = broker.producer("t").await.unwrap();
+    let start = Instant::now();
+    p.send(OutgoingMessage::new("later").with_deliver_after(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    p.send(OutgoingMessage::new("now")).await.unwrap();
+    let sub = broker
+        .subscribe(&spec(SubscriptionType::Shared))
+        .await
+        .unwrap();
+    let first = sub.receive().await.unwrap();
+    assert_eq!(first.payload, b"now");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    let second = sub.receive().await.unwrap();
+    assert_eq!(second.payload, b"later");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(5),
+        "not before its time"
+    );
+    // A subscription that exists when it is published holds it back too.
+    p.send(OutgoingMessage::new("again").with_deliver_after(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(sub.receive().await.unwrap().payload, b"again");
+    assert_eq!(t.elapsed(), Duration::from_secs(3));
+}

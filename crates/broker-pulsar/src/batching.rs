@@ -19,6 +19,8 @@ use crate::options::ConfigError;
 /// - messages with a key (partition key or ordering key): the pulsar crate writes no key on a
 ///   batch's envelope, and a Key_Shared subscription dispatches a whole entry by the envelope's
 ///   key, so keyed messages travel as single entries (the broker then routes each by its key);
+/// - delayed messages ([`deliver_after`](backstop_engine::broker::OutgoingMessage::deliver_after)):
+///   the broker delays a whole entry by its envelope's delivery time;
 /// - messages whose payload and properties exceed [`max_bytes`](PulsarBatching::max_bytes)
 ///   (so a batch stays well under the broker's maximum message size);
 /// - messages for a topic listed with [`PulsarBatching::without_topic`].

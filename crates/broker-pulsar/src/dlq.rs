@@ -79,6 +79,7 @@ pub fn dead_letter_message(origin: &ReceivedMessage) -> OutgoingMessage {
         properties: dlq_properties(origin),
         ordering_key: origin.metadata.ordering_key.clone(),
         event_time_ms: origin.metadata.event_time_ms,
+        deliver_after: None,
     }
 }
 
@@ -89,9 +90,10 @@ const PROPERTY_BACKSTOP_REASON: &str = "backstop.reason";
 /// runtime.
 ///
 /// The runtime knows no broker, so it writes the origin's opaque [`MessageId`] as hex. When the
-/// message is such a record (it has a `backstop.reason` property) and the value is the hex of one
-/// of this adapter's ids, it becomes `ledger:entry:partition[:batchIndex]`, as the Java client
-/// writes it. Anything else is left as it is.
+/// message is such a record (it has a `backstop.reason` property) or a retry-topic copy (it has
+/// a `RETRY_TOPIC` property) and the value is the hex of one of this adapter's ids, it becomes
+/// `ledger:entry:partition[:batchIndex]`, as the Java client writes it. Anything else is left as
+/// it is.
 ///
 /// ```
 /// use std::collections::BTreeMap;
@@ -105,7 +107,8 @@ const PROPERTY_BACKSTOP_REASON: &str = "backstop.reason";
 /// assert_eq!(p["ORIGIN_MESSAGE_ID"], "5:8:-1");
 /// ```
 pub fn java_origin_message_id(properties: &mut BTreeMap<String, String>) {
-    if !properties.contains_key(PROPERTY_BACKSTOP_REASON) {
+    if !properties.contains_key(PROPERTY_BACKSTOP_REASON) && !properties.contains_key("RETRY_TOPIC")
+    {
         return;
     }
     let Some(value) = properties.get_mut(PROPERTY_ORIGIN_MESSAGE_ID) else {

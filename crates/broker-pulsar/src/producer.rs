@@ -167,13 +167,15 @@ impl PulsarProducer {
     }
 
     /// The lane of a message: batched only when this producer batches, the message has no key
-    /// (a batch envelope carries none, see `PulsarBatching`) and it is small enough.
+    /// (a batch envelope carries none, see `PulsarBatching`), no delivery time (the broker
+    /// delays a whole entry by its envelope) and it is small enough.
     fn lane_of(&self, message: &Message, bytes: usize) -> Lane {
         match self.batch_max_bytes {
             Some(max)
                 if bytes <= max
                     && message.partition_key.is_none()
-                    && message.ordering_key.is_none() =>
+                    && message.ordering_key.is_none()
+                    && message.deliver_at_time.is_none() =>
             {
                 Lane::Batched
             }
@@ -404,6 +406,11 @@ fn to_pulsar(message: OutgoingMessage) -> Message {
         partition_key: message.key,
         ordering_key: message.ordering_key,
         event_time: message.event_time_ms,
+        deliver_at_time: message.deliver_after.map(|d| {
+            let at = std::time::SystemTime::now() + d;
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |t| t.as_millis() as i64)
+        }),
         ..Default::default()
     }
 }

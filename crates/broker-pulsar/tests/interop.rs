@@ -8,6 +8,10 @@
 //! (`REAL_TOPIC`, `ORIGIN_MESSAGE_ID` with the id Python got when it produced the message,
 //! `RECONSUMETIMES`) and a JSON body it can parse.
 //!
+//! A retry-topic copy written by backstop (issue 10) is read by the Python client with the Java
+//! client's retry properties (`RECONSUMETIMES`, `DELAY_TIME`, `REAL_TOPIC`, `RETRY_TOPIC`,
+//! `ORIGIN_MESSAGE_ID`).
+//!
 //! Fails loudly when no broker answers or the Python client is missing; never skips.
 
 mod common;
@@ -243,6 +247,71 @@ async fn python_produces_backstop_consumes_python_reads_the_dlq() {
             .expect("resubscribe");
         assert_silent(&*again, Duration::from_secs(3)).await;
         again.close().await.expect("close");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_reads_backstops_retry_topic_copies_with_the_java_properties() {
+    bounded(Duration::from_secs(120), async {
+        let broker = connect().await;
+        let bs = Backstop::builder(Arc::new(broker.clone()))
+            .env_from(BTreeMap::new())
+            .build()
+            .expect("context");
+        let topic = unique("py-retry");
+        let retry_topic = format!("{topic}-svc-RETRY");
+        let dlq = format!("{topic}-DLQ");
+        let records = broker
+            .subscribe(&SubscriptionSpec::new(&dlq, "check"))
+            .await
+            .expect("subscribe dlq");
+        let consumer = bs
+            .spawn_consumer(
+                ConsumerSpec::new(&topic, "svc")
+                    .max_retries(1)
+                    .retry_delay(Duration::from_millis(1500))
+                    .retry_strategy(backstop::RetryStrategy::Topic)
+                    .dlq_topic(&dlq)
+                    .build()
+                    .expect("spec"),
+                |_v: serde_json::Value| async { Err::<(), _>(HandlerError::retryable("busy")) },
+            )
+            .await
+            .expect("consumer");
+        let sent = broker
+            .producer(&topic)
+            .await
+            .expect("producer")
+            .send(
+                backstop::broker::OutgoingMessage::new(r#"{"user_id":7}"#)
+                    .with_key("user-7")
+                    .with_property("trace", "t7"),
+            )
+            .await
+            .expect("published");
+        let java = backstop_pulsar::PulsarMessageId::from_message_id(&sent)
+            .unwrap()
+            .to_string();
+        // Two runs: the original, then its retry copy; then the DLQ record.
+        recv(&*records, Duration::from_secs(60)).await;
+        consumer.shutdown().await;
+        let read = python(&["retry", "-t", &retry_topic, "-s", "py-retry", "-n", "1"]).await;
+        let copies = read["copies"].as_array().expect("copies");
+        assert_eq!(copies.len(), 1);
+        let c = &copies[0];
+        let p = &c["properties"];
+        assert_eq!(p["RECONSUMETIMES"], "1", "{c}");
+        assert_eq!(p["DELAY_TIME"], "1500", "{c}");
+        assert_eq!(p["REAL_TOPIC"], topic.as_str(), "{c}");
+        assert_eq!(p["RETRY_TOPIC"], retry_topic.as_str(), "{c}");
+        assert_eq!(p["ORIGIN_MESSAGE_ID"], java.as_str(), "{c}");
+        assert_eq!(
+            p["trace"], "t7",
+            "the original's properties ride along: {c}"
+        );
+        assert_eq!(c["key"], "user-7", "{c}");
+        assert_eq!(c["body"]["user_id"], 7, "{c}");
     })
     .await;
 }

@@ -182,6 +182,7 @@ impl DlqRecord {
             properties,
             ordering_key: m.metadata.ordering_key.clone(),
             event_time_ms: m.metadata.event_time_ms,
+            deliver_after: None,
         }
     }
 

@@ -43,6 +43,7 @@ impl Seen {
             ConsumerAction::PublishDlq { .. } => 4,
             ConsumerAction::Pause => 5,
             ConsumerAction::Resume => 6,
+            ConsumerAction::PublishRetry { .. } => 7,
         };
         self.actions[i] += 1;
     }
@@ -64,6 +65,8 @@ impl Seen {
             ConsumerEvent::Nacked { .. } => 8,
             ConsumerEvent::Breaker(_) => 9,
             ConsumerEvent::Drained => 10,
+            ConsumerEvent::RetryPublished { .. } => 11,
+            ConsumerEvent::RetryPublishFailed { .. } => 12,
         };
         self.events[i] += 1;
     }

@@ -89,6 +89,9 @@ pub struct OutgoingMessage {
     pub ordering_key: Option<Vec<u8>>,
     /// The application's event time, in milliseconds since the Unix epoch.
     pub event_time_ms: Option<u64>,
+    /// Deliver no earlier than this long after the broker accepted it (Pulsar's delayed
+    /// delivery, `deliverAt`; honoured on Shared and Key_Shared subscriptions). `None`: at once.
+    pub deliver_after: Option<std::time::Duration>,
 }
 
 impl OutgoingMessage {
@@ -117,6 +120,11 @@ impl OutgoingMessage {
     /// Sets the event time (ms since the Unix epoch).
     pub fn with_event_time_ms(mut self, ms: u64) -> Self {
         self.event_time_ms = Some(ms);
+        self
+    }
+    /// Delays delivery by `d` after the broker accepts the message.
+    pub fn with_deliver_after(mut self, d: std::time::Duration) -> Self {
+        self.deliver_after = Some(d);
         self
     }
 }

@@ -13,6 +13,8 @@ const ALLOWED: &[&str] = &[
     "max_retries",
     "retry_delay",
     "dlq_topic",
+    "park_topic",
+    "retry",
     "subscription_type",
     "shutdown_grace",
     "handler_timeout",
@@ -46,6 +48,31 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             ));
         }
     }
+    let park = args::string(&args, "park_topic")?;
+    if let Some((p, span)) = &park {
+        if *p == topic {
+            return Err(syn::Error::new(
+                *span,
+                "`park_topic` must differ from `topic`",
+            ));
+        }
+    }
+    let strategy = match args::string(&args, "retry")? {
+        None => None,
+        Some((r, span)) => Some(match r.to_ascii_lowercase().replace('-', "_").as_str() {
+            "in_process" => quote!(InProcess),
+            "nack" => quote!(Nack),
+            "retry_topic" => quote!(Topic),
+            _ => {
+                return Err(syn::Error::new(
+                    span,
+                    format!(
+                        "unknown retry strategy `{r}`; expected in_process, nack or retry_topic"
+                    ),
+                ))
+            }
+        }),
+    };
     let kind = match args::string(&args, "subscription_type")? {
         None => None,
         Some((k, span)) => {
@@ -78,6 +105,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
     let grace =
         grace.map(|n| quote!(.shutdown_grace(::backstop::__private::Duration::from_nanos(#n))));
     let dlq = dlq.map(|(d, _)| quote!(.dlq_topic(#d)));
+    let park = park.map(|(p, _)| quote!(.park_topic(#p)));
+    let strategy = strategy.map(|s| quote!(.retry_strategy(::backstop::RetryStrategy::#s)));
     let kind = kind.map(|k| quote!(.subscription_type(::backstop::broker::SubscriptionType::#k)));
     let timeout = handler_timeout
         .map(|n| quote!(.handler_timeout(::backstop::__private::Duration::from_nanos(#n))));
@@ -118,7 +147,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
 
             /// The consumer's validated settings.
             pub fn spec() -> ::core::result::Result<::backstop::ConsumerSpec, ::backstop::ConfigError> {
-                ::backstop::ConsumerSpec::new(#topic, #subscription) #kind #par #retries #delay #dlq #grace #timeout .build()
+                ::backstop::ConsumerSpec::new(#topic, #subscription) #kind #par #retries #delay #strategy #dlq #park #grace #timeout .build()
             }
 
             #[doc = #start_doc]

@@ -49,8 +49,10 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// circuit breaker.
 ///
 /// Arguments: `topic` and `subscription` (required), `max_parallelism` (default 1),
-/// `max_retries` (default 3), `retry_delay` (default `"5s"`), `dlq_topic`, `subscription_type`
-/// (`"shared"`, `"exclusive"`, `"failover"`, `"key_shared"`; default shared),
+/// `max_retries` (default 3: `max_retries + 1` runs per message across redeliveries),
+/// `retry_delay` (default `"5s"`), `retry` (`"in_process"`, the default, or `"nack"`: where a
+/// message waits for its retry; docs/retries.md), `dlq_topic`, `park_topic` (where a failed message goes
+/// without a DLQ; default `"<topic>-<subscription>-PARKED"`), `subscription_type` (`"shared"`, `"exclusive"`, `"failover"`, `"key_shared"`; default shared),
 /// `shutdown_grace` (default `"30s"`), `handler_timeout` (off by default: a run past it is
 /// cancelled, its slot freed, and it is a Timeout attempt), `codec` (`"json"` default,
 /// `"bytes"`, `"string"`, `"protobuf"`; by default `Vec<u8>`/`Bytes` messages are raw and

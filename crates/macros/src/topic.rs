@@ -16,9 +16,9 @@ mod grammar {
 }
 
 /// A compile error at `span` if the literal `value` of argument `name` is not a valid Pulsar
-/// topic name (only `topic` and `dlq_topic` are topic names).
+/// topic name (only `topic`, `dlq_topic` and `park_topic` are topic names).
 pub(crate) fn check(name: &str, value: &str, span: proc_macro2::Span) -> syn::Result<()> {
-    if name != "topic" && name != "dlq_topic" {
+    if name != "topic" && name != "dlq_topic" && name != "park_topic" {
         return Ok(());
     }
     match grammar::topic_name_problem(value) {

@@ -15,6 +15,9 @@ pub const TOPIC: &str = "orders";
 pub const SUBSCRIPTION: &str = "svc";
 /// The consumers' dead-letter topic.
 pub const DLQ_TOPIC: &str = "orders_dlq";
+/// Where the consumers park failed messages when there is no DLQ (the runtime's default,
+/// `<topic>-<subscription>-PARKED`): records in the DLQ format.
+pub const PARKED_TOPIC: &str = "orders-svc-PARKED";
 /// The task's dead-letter topic.
 pub const TASK_DLQ_TOPIC: &str = "orders_task_dlq";
 
@@ -141,7 +144,9 @@ impl Ledger {
             });
         }
         self.stats.published = self.log.len() as u64;
-        let dlq = broker.topic_messages(DLQ_TOPIC);
+        // DLQ and parked records alike end a message (a scenario has one or the other).
+        let mut dlq = broker.topic_messages(DLQ_TOPIC);
+        dlq.extend(broker.topic_messages(PARKED_TOPIC));
         for m in dlq.into_iter().skip(self.dlq_seen) {
             self.dlq_seen += 1;
             self.stats.dlq_records += 1;
@@ -278,7 +283,7 @@ impl Ledger {
 
     /// The final broker state in a stable form, for the trace hash.
     pub fn fingerprint(&self, broker: &MemBroker, mut mix: impl FnMut(&[u8])) {
-        for topic in [TOPIC, DLQ_TOPIC, TASK_DLQ_TOPIC] {
+        for topic in [TOPIC, DLQ_TOPIC, PARKED_TOPIC, TASK_DLQ_TOPIC] {
             for m in broker.topic_messages(topic) {
                 mix(&m.id.0);
                 mix(&m.payload);

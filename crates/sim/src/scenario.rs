@@ -351,7 +351,8 @@ pub struct ConsumerSettings {
     pub retry: RetryPolicy,
     /// The consumer breaker.
     pub breaker: BreakerConfig,
-    /// Whether a DLQ is configured.
+    /// Whether a DLQ is configured (without one, failed messages are parked on
+    /// [`PARKED_TOPIC`](crate::ledger::PARKED_TOPIC)).
     pub dlq: bool,
     /// Redelivery delay of nacked messages, ms.
     pub nack_delay_ms: u32,
@@ -367,7 +368,8 @@ impl ConsumerSettings {
             .max_held(self.max_held)
             .retry(self.retry)
             .breaker(self.breaker)
-            .dead_letter(self.dlq)
+            // Without a DLQ the runtime parks failed messages: the machine publishes either way.
+            .dead_letter(true)
             .build()
             .expect("drawn settings are valid")
     }

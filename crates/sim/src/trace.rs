@@ -253,10 +253,27 @@ fn encode(what: &What, out: &mut impl FnMut(u64)) {
             }
             ConsumerAction::Pause => out(0x15),
             ConsumerAction::Resume => out(0x16),
+            ConsumerAction::PublishRetry {
+                key,
+                runs,
+                delay_ms,
+            } => {
+                out(0x17 | u64::from(runs) << 8);
+                out(key.as_u64());
+                out(delay_ms);
+            }
         },
         What::ConsumerEvent(e) => match *e {
-            ConsumerEvent::Received { key, poison } => {
-                out(0x20 | u64::from(poison) << 8);
+            ConsumerEvent::Received {
+                key,
+                poison,
+                prior_runs,
+                ordering_key,
+            } => {
+                out(0x20 | u64::from(poison) << 8 | u64::from(prior_runs) << 16);
+                if let Some(k) = ordering_key {
+                    out(k);
+                }
                 out(key.as_u64());
             }
             ConsumerEvent::Invoked {
@@ -302,6 +319,14 @@ fn encode(what: &What, out: &mut impl FnMut(u64)) {
             }
             ConsumerEvent::DeadLetterFailed { key, kind } => {
                 out(0x26 | (kind as u64) << 8);
+                out(key.as_u64());
+            }
+            ConsumerEvent::RetryPublished { key } => {
+                out(0x2c);
+                out(key.as_u64());
+            }
+            ConsumerEvent::RetryPublishFailed { key, kind } => {
+                out(0x2d | (kind as u64) << 8);
                 out(key.as_u64());
             }
             ConsumerEvent::Acked { key } => {

@@ -8,9 +8,10 @@
 //!
 //! | the step's first event | input fed to the oracle |
 //! |---|---|
-//! | `Received { key, poison }` | `delivered(now, key, !poison)` |
+//! | `Received { key, poison, prior_runs, ordering_key }` | `delivered_observed(now, key, !poison, prior_runs, ordering_key)` |
 //! | `Succeeded { key, .. }` / `Failed { key, kind, .. }` | `finished(now, key, Ok / Err(kind), accepted)` |
 //! | `DeadLettered { key, .. }` / `DeadLetterFailed { key, kind }` | `dlq_result(now, key, Ok / Err(kind), accepted)` |
+//! | `RetryPublished { key }` / `RetryPublishFailed { key, kind }` | `retry_result(now, key, Ok / Err(kind), accepted)` |
 //! | anything else, or no event | `timeout(now)` (or the shutdown announced by the driver) |
 //!
 //! The machine puts an input's own event first in the step (before any retry, breaker or
@@ -49,6 +50,8 @@ fn is_input(e: &ConsumerEvent) -> bool {
             | ConsumerEvent::Failed { .. }
             | ConsumerEvent::DeadLettered { .. }
             | ConsumerEvent::DeadLetterFailed { .. }
+            | ConsumerEvent::RetryPublished { .. }
+            | ConsumerEvent::RetryPublishFailed { .. }
     )
 }
 
@@ -174,9 +177,14 @@ impl ConsumerFeed {
         }
         let now = step.now;
         match input {
-            Some(ConsumerEvent::Received { key, poison }) => {
-                self.oracle.delivered(now, key, !poison)?
-            }
+            Some(ConsumerEvent::Received {
+                key,
+                poison,
+                prior_runs,
+                ordering_key,
+            }) => self
+                .oracle
+                .delivered_observed(now, key, !poison, prior_runs, ordering_key)?,
             Some(ConsumerEvent::Succeeded { key, .. }) => {
                 self.oracle.finished(now, key, Ok(()), true)?
             }
@@ -188,6 +196,12 @@ impl ConsumerFeed {
             }
             Some(ConsumerEvent::DeadLetterFailed { key, kind }) => {
                 self.oracle.dlq_result(now, key, Err(kind), true)?
+            }
+            Some(ConsumerEvent::RetryPublished { key }) => {
+                self.oracle.retry_result(now, key, Ok(()), true)?
+            }
+            Some(ConsumerEvent::RetryPublishFailed { key, kind }) => {
+                self.oracle.retry_result(now, key, Err(kind), true)?
             }
             _ => self.oracle.timeout(now)?,
         }

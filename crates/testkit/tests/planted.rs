@@ -137,3 +137,23 @@ fn with_no_bug_switched_on_the_same_search_finds_nothing() {
     );
     assert!(r.is_ok(), "{r:?}");
 }
+
+#[test]
+fn running_a_key_out_of_order_is_caught() {
+    let v = consumer_catches(Bug::KeyOrderIgnored);
+    assert_eq!(v.rule, Rule::KeyOrder, "{v}");
+}
+
+#[test]
+fn ignoring_prior_runs_is_caught() {
+    // A redelivery that starts a fresh budget runs as attempt 1 after earlier runs, or runs a
+    // message whose budget is spent.
+    let v = consumer_catches(Bug::IgnorePriorRuns);
+    assert!(
+        matches!(
+            v.rule,
+            Rule::BudgetAcrossRedeliveries | Rule::WrongAttempt | Rule::InvokeNotDue
+        ),
+        "{v}"
+    );
+}

@@ -22,6 +22,55 @@ pub struct ConsumerConfig {
     retry: RetryPolicy,
     breaker: BreakerConfig,
     dlq: bool,
+    strategy: RetryStrategy,
+    ordered: bool,
+}
+
+/// Where a message waits for its next attempt (docs/retries.md).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum RetryStrategy {
+    /// In the consumer: a timer, the message held (it counts toward `max_held`). Exact delays
+    /// (backoff and jitter included), no broker traffic; a crash loses the timer, and the
+    /// message's budget then rests on what its redelivery tells. The default.
+    #[default]
+    InProcess,
+    /// At the broker: the message is nacked with [`NackReason::Retry`] and the broker
+    /// redelivers it after its nack delay; the redelivery continues the budget with the runs
+    /// the driver passes to [`ConsumerMachine::handle_redelivered`]. Holds nothing while it
+    /// waits.
+    Nack,
+    /// In a retry topic: a copy of the message is published there to be delivered after the
+    /// retry delay ([`ConsumerAction::PublishRetry`]), and the message is acked only once that
+    /// publish is confirmed ([`ConsumerMachine::handle_retry_result`]); a failed publish is
+    /// nacked. The copy continues the budget through its `RECONSUMETIMES`. Durable: survives
+    /// restarts, holds nothing for long delays.
+    Topic,
+}
+
+impl RetryStrategy {
+    /// Label for settings, logs and docs: `in_process`, `nack`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RetryStrategy::InProcess => "in_process",
+            RetryStrategy::Nack => "nack",
+            RetryStrategy::Topic => "retry_topic",
+        }
+    }
+}
+
+impl std::str::FromStr for RetryStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "in_process" | "inprocess" => Ok(RetryStrategy::InProcess),
+            "nack" => Ok(RetryStrategy::Nack),
+            "retry_topic" | "topic" => Ok(RetryStrategy::Topic),
+            _ => Err(format!(
+                "unknown retry strategy `{s}` (in_process, nack, retry_topic)"
+            )),
+        }
+    }
 }
 
 impl ConsumerConfig {
@@ -42,8 +91,19 @@ impl ConsumerConfig {
                 retry: RetryPolicy::default(),
                 breaker: BreakerConfig::default(),
                 dlq: false,
+                strategy: RetryStrategy::InProcess,
+                ordered: false,
             },
         }
+    }
+    /// Whether messages of one ordering key run one at a time in arrival order
+    /// ([`ConsumerConfigBuilder::ordered`]).
+    pub fn ordered(&self) -> bool {
+        self.ordered
+    }
+    /// Where a message waits for its next attempt.
+    pub fn retry_strategy(&self) -> RetryStrategy {
+        self.strategy
     }
     /// Handler invocations allowed in flight at once.
     pub fn max_parallelism(&self) -> u32 {
@@ -100,6 +160,21 @@ impl ConsumerConfigBuilder {
         self.cfg.dlq = on;
         self
     }
+    /// Where a message waits for its next attempt (default [`RetryStrategy::InProcess`]).
+    pub fn retry_strategy(mut self, s: RetryStrategy) -> Self {
+        self.cfg.strategy = s;
+        self
+    }
+    /// Per-key order (default off): a delivery with an ordering key (see
+    /// [`ConsumerMachine::handle_delivery`]) runs only when every earlier delivery of its key
+    /// has left the machine (acked, dead-lettered, nacked), so while a message of key K waits
+    /// for a retry, later messages of K are held (they count toward `max_held`) and other keys
+    /// flow. Needs [`RetryStrategy::InProcess`]: a retry that leaves the consumer could not
+    /// keep its place.
+    pub fn ordered(mut self, on: bool) -> Self {
+        self.cfg.ordered = on;
+        self
+    }
     /// Validates and returns the config.
     pub fn build(self) -> Result<ConsumerConfig, ConfigError> {
         let mut c = self.cfg;
@@ -116,6 +191,12 @@ impl ConsumerConfigBuilder {
             return Err(ConfigError::new(
                 "max_held",
                 "must be at least max_parallelism",
+            ));
+        }
+        if c.ordered && c.strategy != RetryStrategy::InProcess {
+            return Err(ConfigError::new(
+                "ordered",
+                "per-key order needs the in_process retry strategy",
             ));
         }
         Ok(c)
@@ -168,6 +249,10 @@ pub enum NackReason {
     DeadLetterFailed,
     /// Shutting down.
     Shutdown,
+    /// A retry under [`RetryStrategy::Nack`]: the broker redelivers it for the next attempt.
+    Retry,
+    /// The retry-topic publish failed ([`RetryStrategy::Topic`]): the broker redelivers it.
+    RetryFailed,
 }
 
 /// What the driver must do.
@@ -207,6 +292,18 @@ pub enum ConsumerAction {
         /// Record facts.
         info: DlqInfo,
     },
+    /// Publish a copy of the message to the retry topic, delivered `delay_ms` after it is
+    /// accepted, carrying `runs` as its `RECONSUMETIMES`; report with
+    /// [`ConsumerMachine::handle_retry_result`] ([`RetryStrategy::Topic`]).
+    PublishRetry {
+        /// The message.
+        key: Key,
+        /// Handler runs made so far (earlier deliveries included).
+        runs: u32,
+        /// The retry delay in milliseconds (rounded up: a copy is never due early), the
+        /// copy's `DELAY_TIME`.
+        delay_ms: u64,
+    },
     /// The breaker opened: no handler runs until it half-opens, and no new credit is granted
     /// (credit already granted stays valid; deliveries made with it wait). Emitted once when the
     /// breaker leaves closed, not again for half-open → open.
@@ -228,6 +325,12 @@ pub enum ConsumerEvent {
         key: Key,
         /// Whether it failed to decode.
         poison: bool,
+        /// Handler runs of this message on earlier deliveries, as the driver passed them to
+        /// [`ConsumerMachine::handle_redelivered`] (0 for [`ConsumerMachine::handle_delivered`]).
+        prior_runs: u32,
+        /// The ordering key it queues under, for an ordered consumer (`None` otherwise, or
+        /// when it will not run: poison, budget spent, shutdown).
+        ordering_key: Option<u64>,
     },
     /// A handler run started.
     Invoked {
@@ -281,6 +384,18 @@ pub enum ConsumerEvent {
         /// The publish's failure kind.
         kind: ErrorKind,
     },
+    /// The retry-topic copy was confirmed; the message is acked next.
+    RetryPublished {
+        /// The message.
+        key: Key,
+    },
+    /// The retry-topic publish failed; the message is nacked.
+    RetryPublishFailed {
+        /// The message.
+        key: Key,
+        /// The publish's failure kind.
+        kind: ErrorKind,
+    },
     /// The message was acked.
     Acked {
         /// The message.
@@ -302,9 +417,17 @@ pub enum ConsumerEvent {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Stage {
     Ready,
-    InFlight { permit: Permit, started: Time },
-    Waiting { until: Time },
+    InFlight {
+        permit: Permit,
+        started: Time,
+    },
+    Waiting {
+        until: Time,
+    },
     DlqPending(DlqInfo),
+    RetryPending,
+    /// Ordered: an earlier delivery of its key is still held.
+    Blocked,
 }
 
 #[derive(Copy, Clone, Debug)]
@@ -313,6 +436,20 @@ struct Entry {
     attempts: u32,
     first_failure: Option<Time>,
     last_failure: Time,
+    /// Ordered: the ordering key it queues under.
+    okey: Option<u64>,
+}
+
+/// One delivery as [`ConsumerMachine::handle_delivery`] takes it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Delivered {
+    /// Whether the payload decoded (false: poison).
+    pub decoded: bool,
+    /// Handler runs of this message on earlier deliveries.
+    pub prior_runs: u32,
+    /// A hash of the message's ordering key (ordering key, else partition key), for ordered
+    /// consumers; `None` for a message without a key.
+    pub ordering_key: Option<u64>,
 }
 
 /// The consumer state machine for one subscription.
@@ -332,7 +469,9 @@ struct Entry {
 /// Guarantees (docs/architecture.md, "What the core decides" and "The invariants"):
 /// - never more than `max_parallelism` [`ConsumerAction::Invoke`] without a matching
 ///   [`ConsumerMachine::handle_finished`]; a message waiting for its retry holds no slot;
-/// - at most `max_retries + 1` attempts, each retry no earlier than its delay;
+/// - at most `max_retries + 1` attempts per message, counting the runs of earlier deliveries
+///   the driver reports ([`ConsumerMachine::handle_redelivered`]); each retry no earlier than its
+///   delay; a message whose budget is spent on arrival is not run again;
 /// - [`ConsumerAction::Ack`] only after a successful attempt or a confirmed DLQ publish;
 /// - exhausted or permanently failed messages go to the DLQ if there is one, else are nacked;
 ///   undecodable ones go straight to the DLQ with reason [`DlqReason::Decode`] (or are nacked
@@ -382,6 +521,8 @@ pub struct ConsumerMachine {
     held_by_operator: bool,
     shutdown_deadline: Option<Time>,
     drained_reported: bool,
+    /// Ordered: held deliveries per ordering key, in arrival order (the head may run).
+    by_key: std::collections::BTreeMap<u64, VecDeque<Key>>,
 }
 
 impl ConsumerMachine {
@@ -402,6 +543,7 @@ impl ConsumerMachine {
             held_by_operator: false,
             shutdown_deadline: None,
             drained_reported: false,
+            by_key: std::collections::BTreeMap::new(),
         };
         m.grant_credit();
         m
@@ -464,29 +606,150 @@ impl ConsumerMachine {
 
     /// A delivery arrived. `decoded` is false for a payload that did not decode (poison), which
     /// goes straight to the DLQ. Returns the key the driver uses for this delivery.
+    ///
+    /// The same as [`handle_redelivered`](Self::handle_redelivered) with no earlier runs.
     pub fn handle_delivered(&mut self, now: Time, decoded: bool) -> Key {
+        self.handle_redelivered(now, decoded, 0)
+    }
+
+    /// A delivery of a message whose handler already ran `prior_runs` times on earlier
+    /// deliveries (broker redeliveries, retry-topic copies, runs before a restart: whatever the
+    /// driver knows). The message has one attempt budget across all its deliveries: its first
+    /// run here is attempt `prior_runs + 1`, and `max_retries` counts the earlier runs. A message
+    /// whose budget is already spent is not run again: it goes to the DLQ with reason
+    /// [`DlqReason::Exhausted`] (kind [`ErrorKind::Handler`], `attempts = prior_runs`), or is
+    /// nacked with [`NackReason::NoDeadLetter`] without a DLQ.
+    ///
+    /// ```
+    /// use backstop_engine::core::*;
+    /// let retry = RetryPolicy::builder().max_retries(1).build()?;
+    /// let cfg = ConsumerConfig::builder().retry(retry).dead_letter(true).build()?;
+    /// let mut m = ConsumerMachine::new(cfg);
+    /// let k = m.handle_redelivered(Time::ZERO, true, 1);
+    /// let actions: Vec<_> = std::iter::from_fn(|| m.poll_action()).collect();
+    /// assert!(actions.contains(&ConsumerAction::Invoke { key: k, attempt: 2 }));
+    /// let spent = m.handle_redelivered(Time::ZERO, true, 2);
+    /// let actions: Vec<_> = std::iter::from_fn(|| m.poll_action()).collect();
+    /// assert!(matches!(actions[..], [ConsumerAction::PublishDlq { key, info }]
+    ///     if key == spent && info.reason == DlqReason::Exhausted && info.attempts == 2));
+    /// # Ok::<(), ConfigError>(())
+    /// ```
+    pub fn handle_redelivered(&mut self, now: Time, decoded: bool, prior_runs: u32) -> Key {
+        self.handle_delivery(
+            now,
+            Delivered {
+                decoded,
+                prior_runs,
+                ordering_key: None,
+            },
+        )
+    }
+
+    /// A delivery with everything the machine takes of it: whether it decoded, its prior runs
+    /// (see [`handle_redelivered`](Self::handle_redelivered)) and, for an ordered consumer
+    /// ([`ConsumerConfigBuilder::ordered`]), its ordering key: it then runs only after every
+    /// earlier delivery of that key has left the machine.
+    ///
+    /// ```
+    /// use backstop_engine::core::*;
+    /// let cfg = ConsumerConfig::builder().max_parallelism(4).ordered(true).build()?;
+    /// let mut m = ConsumerMachine::new(cfg);
+    /// let k = |key| Delivered { decoded: true, prior_runs: 0, ordering_key: Some(key) };
+    /// let a = m.handle_delivery(Time::ZERO, k(7));
+    /// let b = m.handle_delivery(Time::ZERO, k(7));
+    /// let c = m.handle_delivery(Time::ZERO, k(8));
+    /// let invoked: Vec<Key> = std::iter::from_fn(|| m.poll_action())
+    ///     .filter_map(|x| match x { ConsumerAction::Invoke { key, .. } => Some(key), _ => None })
+    ///     .collect();
+    /// assert_eq!(invoked, vec![a, c], "b waits behind a; key 8 flows");
+    /// m.handle_finished(Time::ZERO, a, Ok(()));
+    /// assert!(std::iter::from_fn(|| m.poll_action())
+    ///     .any(|x| x == ConsumerAction::Invoke { key: b, attempt: 1 }));
+    /// # Ok::<(), ConfigError>(())
+    /// ```
+    pub fn handle_delivery(&mut self, now: Time, d: Delivered) -> Key {
+        let Delivered {
+            decoded,
+            prior_runs,
+            ordering_key,
+        } = d;
         // Retries that came due before this delivery keep their place ahead of it.
         self.fire_due_retries(now);
         self.outstanding_credit = self.outstanding_credit.saturating_sub(1);
+        #[cfg(feature = "planted-bugs")]
+        let prior_runs_kept =
+            if crate::core::planted::active(crate::core::planted::Bug::IgnorePriorRuns) {
+                0
+            } else {
+                prior_runs
+            };
+        #[cfg(not(feature = "planted-bugs"))]
+        let prior_runs_kept = prior_runs;
         let key = self.entries.insert(Entry {
             stage: Stage::Ready,
-            attempts: 0,
+            attempts: prior_runs_kept,
             first_failure: None,
             last_failure: now,
+            okey: None,
         });
+        let queues = self.cfg.ordered
+            && decoded
+            && self.shutdown_deadline.is_none()
+            && prior_runs_kept < self.cfg.retry.max_attempts();
         self.events.push_back(ConsumerEvent::Received {
             key,
             poison: !decoded,
+            prior_runs,
+            ordering_key: ordering_key.filter(|_| queues),
         });
         if self.shutdown_deadline.is_some() {
             self.nack(key, NackReason::Shutdown);
         } else if !decoded {
             self.fail_for_good(now, key, DlqReason::Decode, ErrorKind::Decode);
+        } else if prior_runs_kept >= self.cfg.retry.max_attempts() {
+            self.fail_for_good(now, key, DlqReason::Exhausted, ErrorKind::Handler);
+        } else if let Some(ok) = ordering_key.filter(|_| self.cfg.ordered) {
+            let queue = self.by_key.entry(ok).or_default();
+            queue.push_back(key);
+            let head = queue.len() == 1;
+            #[cfg(feature = "planted-bugs")]
+            let head =
+                head || crate::core::planted::active(crate::core::planted::Bug::KeyOrderIgnored);
+            if let Some(e) = self.entries.get_mut(key) {
+                e.okey = Some(ok);
+                if !head {
+                    e.stage = Stage::Blocked;
+                }
+            }
+            if head {
+                self.ready.push_back(key);
+            }
         } else {
             self.ready.push_back(key);
         }
         self.pump(now);
         key
+    }
+
+    /// Ordered: `key` left the machine; the next delivery of its ordering key may run.
+    fn release_key(&mut self, key: Key, okey: Option<u64>) {
+        let Some(ok) = okey else { return };
+        let Some(queue) = self.by_key.get_mut(&ok) else {
+            return;
+        };
+        queue.retain(|k| *k != key);
+        let next = queue.front().copied();
+        if queue.is_empty() {
+            self.by_key.remove(&ok);
+        }
+        if let Some(next) = next {
+            if let Some(e) = self.entries.get_mut(next) {
+                if e.stage == Stage::Blocked && self.shutdown_deadline.is_none() {
+                    e.stage = Stage::Ready;
+                    self.ready.push_back(next);
+                }
+            }
+        }
     }
 
     /// A handler run finished. Results for keys that are no longer in flight (abandoned at the
@@ -536,6 +799,29 @@ impl ConsumerMachine {
                     self.fail_for_good(now, key, reason, kind);
                 } else if self.shutdown_deadline.is_some() {
                     self.nack(key, NackReason::Shutdown);
+                } else if self.cfg.strategy == RetryStrategy::Nack {
+                    let at = now + self.cfg.retry.delay_before_retry(attempt, key.as_u64());
+                    self.events.push_back(ConsumerEvent::RetryScheduled {
+                        key,
+                        next_attempt: attempt + 1,
+                        at,
+                    });
+                    self.nack(key, NackReason::Retry);
+                } else if self.cfg.strategy == RetryStrategy::Topic {
+                    let delay = self.cfg.retry.delay_before_retry(attempt, key.as_u64());
+                    if let Some(entry) = self.entries.get_mut(key) {
+                        entry.stage = Stage::RetryPending;
+                    }
+                    self.actions.push_back(ConsumerAction::PublishRetry {
+                        key,
+                        runs: attempt,
+                        delay_ms: millis_up(delay),
+                    });
+                    self.events.push_back(ConsumerEvent::RetryScheduled {
+                        key,
+                        next_attempt: attempt + 1,
+                        at: now + delay,
+                    });
                 } else {
                     let until = now + self.cfg.retry.delay_before_retry(attempt, key.as_u64());
                     if let Some(entry) = self.entries.get_mut(key) {
@@ -577,7 +863,8 @@ impl ConsumerMachine {
                 #[cfg(feature = "planted-bugs")]
                 if crate::core::planted::active(crate::core::planted::Bug::AckBeforeDlqConfirmed) {
                     // The planted bug already acked it when the publish was requested.
-                    self.entries.remove(key);
+                    let okey = self.entries.remove(key).and_then(|e| e.okey);
+                    self.release_key(key, okey);
                     self.check_drained();
                     return true;
                 }
@@ -590,6 +877,36 @@ impl ConsumerMachine {
             }
         }
         true
+    }
+
+    /// The retry-topic publish for `key` finished ([`RetryStrategy::Topic`]). On success the
+    /// message is acked (its copy carries it on); on failure it is nacked so the broker
+    /// redelivers it. Returns `false` for a key not waiting on a retry publish.
+    pub fn handle_retry_result(
+        &mut self,
+        now: Time,
+        key: Key,
+        result: Result<(), ErrorKind>,
+    ) -> bool {
+        let known = matches!(
+            self.entries.get(key).map(|e| e.stage),
+            Some(Stage::RetryPending)
+        );
+        if known {
+            match result {
+                Ok(()) => {
+                    self.events.push_back(ConsumerEvent::RetryPublished { key });
+                    self.ack(key);
+                }
+                Err(kind) => {
+                    self.events
+                        .push_back(ConsumerEvent::RetryPublishFailed { key, kind });
+                    self.nack(key, NackReason::RetryFailed);
+                }
+            }
+        }
+        self.pump(now);
+        known
     }
 
     /// An operator pauses (`true`) or resumes (`false`) the consumer: while paused no handler
@@ -629,7 +946,7 @@ impl ConsumerMachine {
             .filter(|k| {
                 matches!(
                     self.entries.get(*k).map(|e| e.stage),
-                    Some(Stage::Waiting { .. })
+                    Some(Stage::Waiting { .. } | Stage::Blocked)
                 )
             })
             .collect();
@@ -726,16 +1043,18 @@ impl ConsumerMachine {
     }
 
     fn ack(&mut self, key: Key) {
-        self.entries.remove(key);
+        let okey = self.entries.remove(key).and_then(|e| e.okey);
+        self.release_key(key, okey);
         self.actions.push_back(ConsumerAction::Ack { key });
         self.events.push_back(ConsumerEvent::Acked { key });
         self.check_drained();
     }
 
     fn nack(&mut self, key: Key, reason: NackReason) {
-        if self.entries.remove(key).is_none() {
+        let Some(entry) = self.entries.remove(key) else {
             return;
-        }
+        };
+        self.release_key(key, entry.okey);
         self.actions.push_back(ConsumerAction::Nack { key, reason });
         self.events.push_back(ConsumerEvent::Nacked { key, reason });
         self.check_drained();
@@ -859,6 +1178,17 @@ impl ConsumerMachine {
                 .push_back(ConsumerAction::Request { count: grant });
         }
     }
+}
+
+/// `d` in whole milliseconds, rounded up.
+pub(crate) fn millis_up(d: Duration) -> u64 {
+    let ms = d.as_millis();
+    let up = if d > Duration::from_millis(ms as u64) {
+        ms + 1
+    } else {
+        ms
+    };
+    u64::try_from(up).unwrap_or(u64::MAX)
 }
 
 /// The earlier of two optional deadlines.
@@ -1324,7 +1654,9 @@ mod tests {
         );
         assert!(h.events.contains(&ConsumerEvent::Received {
             key: k,
-            poison: true
+            poison: true,
+            prior_runs: 0,
+            ordering_key: None
         }));
         assert!(
             invokes(&a).is_empty(),
@@ -1788,5 +2120,202 @@ mod tests {
             !h.m.handle_dlq_result(secs(0), k, Ok(())),
             "not waiting on the DLQ"
         );
+    }
+
+    #[test]
+    fn a_redelivery_continues_the_attempt_budget_of_earlier_runs() {
+        let (mut h, _) = H::new(cfg(1, 2, 5, true));
+        let k = h.m.handle_redelivered(secs(0), true, 2);
+        let a = h.drain();
+        assert_eq!(invokes(&a), vec![(k, 3)], "attempt 3 of 3");
+        assert!(h.events.contains(&ConsumerEvent::Received {
+            key: k,
+            poison: false,
+            prior_runs: 2,
+            ordering_key: None
+        }));
+        let a = h.finish(secs(1), k, Err(ErrorKind::Handler));
+        assert!(
+            matches!(a[..], [PublishDlq { key, info }, ..] if key == k && info.attempts == 3
+                && info.reason == DlqReason::Exhausted),
+            "the last run of the budget failed: {a:?}"
+        );
+    }
+
+    #[test]
+    fn a_redelivery_with_its_budget_spent_is_not_run_again() {
+        // With a DLQ: dead-lettered without a run.
+        let (mut h, _) = H::new(cfg(1, 2, 5, true));
+        let k = h.m.handle_redelivered(secs(0), true, 3);
+        let a = h.drain();
+        assert!(invokes(&a).is_empty(), "{a:?}");
+        let info = DlqInfo {
+            reason: DlqReason::Exhausted,
+            kind: ErrorKind::Handler,
+            attempts: 3,
+            first_failure: secs(0),
+            last_failure: secs(0),
+        };
+        assert_eq!(a[0], PublishDlq { key: k, info });
+        assert_eq!(h.m.attempts(k), Some(3));
+        // Without one: nacked without a run.
+        let (mut h, _) = H::new(cfg(1, 2, 5, false));
+        let k = h.m.handle_redelivered(secs(0), true, 7);
+        let a = h.drain();
+        assert_eq!(
+            a[0],
+            Nack {
+                key: k,
+                reason: NackReason::NoDeadLetter
+            }
+        );
+        assert!(invokes(&a).is_empty());
+    }
+
+    #[test]
+    fn the_nack_strategy_hands_a_retry_to_the_broker_and_the_redelivery_continues() {
+        let c = ConsumerConfig::builder()
+            .retry(retry(2, Duration::from_secs(5)))
+            .retry_strategy(RetryStrategy::Nack)
+            .build()
+            .unwrap();
+        let (mut h, _) = H::new(c);
+        let (k, _) = h.deliver(secs(0));
+        let a = h.finish(secs(1), k, Err(ErrorKind::Timeout));
+        assert_eq!(
+            terminal(&a),
+            vec![Nack {
+                key: k,
+                reason: NackReason::Retry
+            }]
+        );
+        assert!(h.events.contains(&ConsumerEvent::RetryScheduled {
+            key: k,
+            next_attempt: 2,
+            at: secs(6)
+        }));
+        assert_eq!(h.m.held(), 0, "nothing held while the broker keeps it");
+        assert_eq!(h.m.poll_timeout(), None);
+        let k2 = h.m.handle_redelivered(secs(6), true, 1);
+        assert_eq!(invokes(&h.drain()), vec![(k2, 2)]);
+        h.finish(secs(6), k2, Err(ErrorKind::Timeout));
+        let k3 = h.m.handle_redelivered(secs(11), true, 2);
+        assert_eq!(invokes(&h.drain()), vec![(k3, 3)]);
+        let a = h.finish(secs(11), k3, Err(ErrorKind::Timeout));
+        assert_eq!(
+            terminal(&a),
+            vec![Nack {
+                key: k3,
+                reason: NackReason::NoDeadLetter
+            }],
+            "the budget is spent: no more retries"
+        );
+        assert_eq!("nack".parse(), Ok(RetryStrategy::Nack));
+        assert_eq!("in-process".parse(), Ok(RetryStrategy::InProcess));
+        assert!("later".parse::<RetryStrategy>().is_err());
+    }
+
+    #[test]
+    fn the_retry_topic_strategy_acks_only_after_the_copy_is_confirmed() {
+        let c = ConsumerConfig::builder()
+            .retry(retry(2, Duration::from_secs(5)))
+            .retry_strategy(RetryStrategy::Topic)
+            .build()
+            .unwrap();
+        let (mut h, _) = H::new(c);
+        let (k, _) = h.deliver(secs(0));
+        let a = h.finish(secs(1), k, Err(ErrorKind::Timeout));
+        assert_eq!(
+            a[0],
+            PublishRetry {
+                key: k,
+                runs: 1,
+                delay_ms: 5000
+            }
+        );
+        assert!(terminal(&a).is_empty(), "held until the copy is confirmed");
+        assert!(
+            !h.m.handle_dlq_result(secs(1), k, Ok(())),
+            "not a DLQ publish"
+        );
+        assert!(h.m.handle_retry_result(secs(2), k, Ok(())));
+        assert_eq!(terminal(&h.drain()), vec![Ack { key: k }]);
+        assert!(h.events.contains(&ConsumerEvent::RetryPublished { key: k }));
+        // The copy continues the budget; a failed copy publish is nacked.
+        let k2 = h.m.handle_redelivered(secs(6), true, 1);
+        assert_eq!(invokes(&h.drain()), vec![(k2, 2)]);
+        h.finish(secs(6), k2, Err(ErrorKind::Timeout));
+        assert!(h
+            .m
+            .handle_retry_result(secs(7), k2, Err(ErrorKind::Connection)));
+        assert_eq!(
+            terminal(&h.drain()),
+            vec![Nack {
+                key: k2,
+                reason: NackReason::RetryFailed
+            }]
+        );
+        assert!(!h.m.handle_retry_result(secs(7), k2, Ok(())), "ended");
+        assert_eq!("retry_topic".parse(), Ok(RetryStrategy::Topic));
+    }
+
+    #[test]
+    fn ordered_a_key_waits_behind_its_retrying_head_and_other_keys_flow() {
+        let c = ConsumerConfig::builder()
+            .max_parallelism(4)
+            .max_held(6)
+            .retry(retry(1, Duration::from_secs(5)))
+            .ordered(true)
+            .build()
+            .unwrap();
+        let (mut h, _) = H::new(c);
+        let keyed = |h: &mut H, now, k: Option<u64>| {
+            let key = h.m.handle_delivery(
+                now,
+                Delivered {
+                    decoded: true,
+                    prior_runs: 0,
+                    ordering_key: k,
+                },
+            );
+            (key, h.drain())
+        };
+        let (a1, x) = keyed(&mut h, secs(0), Some(1));
+        assert_eq!(invokes(&x), vec![(a1, 1)]);
+        let (a2, x) = keyed(&mut h, secs(0), Some(1));
+        assert!(invokes(&x).is_empty(), "a2 waits behind a1");
+        let (b1, x) = keyed(&mut h, secs(0), Some(2));
+        assert_eq!(invokes(&x), vec![(b1, 1)], "another key flows");
+        let (n, x) = keyed(&mut h, secs(0), None);
+        assert_eq!(invokes(&x), vec![(n, 1)], "no key: unordered");
+        // a1 fails: it waits for its retry, a2 stays held (and counts as held).
+        let x = h.finish(secs(1), a1, Err(ErrorKind::Handler));
+        assert!(invokes(&x).is_empty());
+        assert_eq!(h.m.held(), 4);
+        let x = h.timeout(secs(6));
+        assert_eq!(invokes(&x), vec![(a1, 2)], "the head retries first");
+        // The head is dead-lettered... no DLQ: nacked; then a2 runs.
+        let x = h.finish(secs(7), a1, Err(ErrorKind::Handler));
+        assert_eq!(
+            terminal(&x),
+            vec![Nack {
+                key: a1,
+                reason: NackReason::NoDeadLetter
+            }]
+        );
+        assert_eq!(invokes(&x), vec![(a2, 1)], "K resumes in order");
+        // Shutdown nacks a held (blocked) message at once.
+        let (a3, _) = keyed(&mut h, secs(8), Some(1));
+        h.m.handle_shutdown(secs(8), secs(20));
+        let x = h.drain();
+        assert!(x.contains(&Nack {
+            key: a3,
+            reason: NackReason::Shutdown
+        }));
+        assert!(ConsumerConfig::builder()
+            .ordered(true)
+            .retry_strategy(RetryStrategy::Nack)
+            .build()
+            .is_err());
     }
 }

@@ -35,8 +35,8 @@ pub use breaker::{
 };
 pub use config_error::{parse_duration, ConfigError};
 pub use consumer::{
-    ConsumerAction, ConsumerConfig, ConsumerConfigBuilder, ConsumerEvent, ConsumerMachine, DlqInfo,
-    DlqReason, NackReason,
+    ConsumerAction, ConsumerConfig, ConsumerConfigBuilder, ConsumerEvent, ConsumerMachine,
+    Delivered, DlqInfo, DlqReason, NackReason, RetryStrategy,
 };
 pub use error::{ErrorKind, KindSet};
 pub use producer::{

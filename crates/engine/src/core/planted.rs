@@ -14,6 +14,10 @@ pub enum Bug {
     BreakerNoReset,
     /// Allow `max_parallelism + 1` handlers in flight.
     ParallelismOffByOne,
+    /// Forget the runs of earlier deliveries: every redelivery starts a fresh attempt budget.
+    IgnorePriorRuns,
+    /// An ordered consumer runs a later message of a key while an earlier one is held.
+    KeyOrderIgnored,
 }
 
 thread_local! {

@@ -263,7 +263,7 @@ impl Backstop {
     /// Publishes `msg` to `topic` through the shared producer: the one path every publish of
     /// backstop takes (task calls, dead-letter records, retry copies). A send that takes longer
     /// than `timeout` fails as Timeout; on a transient (Connection, Timeout) or Fatal failure the
-    /// producer is dropped so the next send creates a fresh one. A confirmed send's latency is
+    /// producer is replaced by the next send (once, however many sends failed on it). A confirmed send's latency is
     /// observed as `pulsar_latency_seconds{operation="publish"}`.
     ///
     /// ```
@@ -289,7 +289,7 @@ impl Backstop {
         };
         match &r {
             Err(e) if e.kind().is_transient() || e.kind() == ErrorKind::Fatal => {
-                self.drop_producer(topic).await;
+                self.drop_producer_if(topic, &producer).await;
             }
             Err(_) => {}
             Ok(_) => {
@@ -298,6 +298,23 @@ impl Backstop {
             }
         }
         r
+    }
+
+    /// Forgets the cached producer of `topic` only if it is still `failed`: many sends that
+    /// failed on one producer replace it once, not once each (no producer-creation storm).
+    pub(crate) async fn drop_producer_if(&self, topic: &str, failed: &Arc<dyn Producer>) {
+        let mut cache = self
+            .inner
+            .producers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if cache
+            .get(topic)
+            .and_then(|c| c.get())
+            .is_some_and(|p| Arc::ptr_eq(p, failed))
+        {
+            cache.remove(topic);
+        }
     }
 
     /// Counts a task call as under way until the guard drops.

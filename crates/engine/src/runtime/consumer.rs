@@ -50,8 +50,14 @@ pub struct ConsumerReport {
     pub nacked: u64,
     /// Retries scheduled.
     pub retried: u64,
-    /// Dead-letter records confirmed.
+    /// Dead-letter records confirmed (on the DLQ; parked records are counted in `parked`).
     pub dead_lettered: u64,
+    /// Messages parked: failed for good without a DLQ, their record confirmed on the parking
+    /// topic ([`ConsumerSpec::park_topic`]), then acked.
+    pub parked: u64,
+    /// Deliveries that arrived with their attempt budget already spent by earlier runs, and so
+    /// went to the DLQ or parking topic without a run.
+    pub arrived_spent: u64,
     /// Handler runs that panicked.
     pub panicked: u64,
     /// Breaker transitions.
@@ -110,6 +116,7 @@ struct Meters {
     handle_latency: prometheus::Histogram,
     retried: prometheus::IntCounter,
     dead_lettered: prometheus::IntCounter,
+    parked: prometheus::IntCounter,
 }
 
 impl Meters {
@@ -122,14 +129,16 @@ impl Meters {
             handle_latency: m.latency.with_label_values(&[topic, "handle"]),
             retried: m.retried.with_label_values(&[topic]),
             dead_lettered: m.dead_lettered.with_label_values(&[topic]),
+            parked: m.parked.with_label_values(&[topic, sub]),
         }
     }
 }
 
-/// What the acker task sends to the broker, in order.
+/// What the acker task sends to the broker, in order (`true`: on the retry-topic
+/// subscription).
 enum Settle {
-    Ack(crate::broker::MessageId),
-    Nack(crate::broker::MessageId),
+    Ack(crate::broker::MessageId, bool),
+    Nack(crate::broker::MessageId, bool),
 }
 
 type BoxHandler<M> = Arc<
@@ -143,6 +152,7 @@ type BoxDecoder<M> = Arc<dyn Decoder<M>>;
 enum Done {
     Handler(Key, Result<(), HandlerError>),
     Dlq(Key, Result<(), BrokerError>),
+    Retry(Key, Result<(), BrokerError>),
 }
 
 struct Slot<M> {
@@ -151,6 +161,10 @@ struct Slot<M> {
     decoded: Option<M>,
     last_error: Option<HandlerError>,
     abort: Option<AbortHandle>,
+    /// Handler runs of the message known so far (earlier deliveries included).
+    runs: u32,
+    /// Whether it came from the retry topic.
+    from_retry: bool,
 }
 
 impl Backstop {
@@ -245,7 +259,7 @@ impl Backstop {
         let cfg = spec.consumer_config(self.breaker_defaults())?;
         let mut sub_spec = SubscriptionSpec::new(spec.topic.clone(), spec.subscription.clone())
             .with_type(spec.kind);
-        sub_spec.nack_redelivery_delay = spec.nack_delay;
+        sub_spec.nack_redelivery_delay = spec.subscription_nack_delay();
         let sub = tokio::time::timeout(
             self.inner.producer_timeout,
             self.broker().subscribe(&sub_spec),
@@ -254,6 +268,26 @@ impl Backstop {
         .map_err(|_| {
             BrokerError::timeout(format!("subscribing to `{}` timed out", spec.topic))
         })??;
+        let retry_sub = match spec.retry_topic_name() {
+            None => None,
+            Some(rt) => {
+                let mut rs = sub_spec.clone();
+                rs.topic = rt.clone();
+                let r =
+                    tokio::time::timeout(self.inner.producer_timeout, self.broker().subscribe(&rs))
+                        .await
+                        .map_err(|_| {
+                            BrokerError::timeout(format!("subscribing to `{rt}` timed out"))
+                        });
+                match r {
+                    Ok(Ok(s)) => Some(s),
+                    Ok(Err(e)) | Err(e) => {
+                        let _ = sub.close().await;
+                        return Err(e.into());
+                    }
+                }
+            }
+        };
         let handler: BoxHandler<M> = Arc::new(move |m, d| Box::pin(handler(m, d)));
         let (shutdown, shutdown_rx) = watch::channel(None);
         let shutdown = Arc::new(shutdown);
@@ -269,7 +303,7 @@ impl Backstop {
             .classifier
             .clone()
             .or_else(|| self.inner.classifier.clone());
-        let driver = Driver {
+        let mut driver = Driver {
             bs: self.clone(),
             name: name.clone(),
             breaker_name,
@@ -286,7 +320,13 @@ impl Backstop {
             meters,
             topic: Arc::from(spec_topic.as_str()),
             subscription: Arc::from(spec_sub.as_str()),
+            memory: RunMemory::new(RUN_MEMORY),
+            parking: false,
+            destination: None,
+            retry_sub,
         };
+        driver.destination = driver.spec.dead_letter_destination();
+        driver.parking = driver.spec.dlq_topic.is_none() && driver.destination.is_some();
         self.metrics().register_breaker(&driver.breaker_name);
         let (control, control_rx) = super::control::ConsumerControl::new(name.clone());
         let join = tokio::spawn(async move {
@@ -324,6 +364,14 @@ struct Driver<M> {
     meters: Meters,
     topic: Arc<str>,
     subscription: Arc<str>,
+    /// Runs of messages this consumer nacked, for their redeliveries.
+    memory: RunMemory,
+    /// Whether failed messages go to the parking topic (no DLQ).
+    parking: bool,
+    /// The DLQ or parking topic.
+    destination: Option<String>,
+    /// The retry topic's subscription ([`RetryStrategy::Topic`](crate::core::RetryStrategy)).
+    retry_sub: Option<Arc<dyn Subscription>>,
 }
 
 impl<M: Send + 'static> Driver<M> {
@@ -334,11 +382,23 @@ impl<M: Send + 'static> Driver<M> {
     ) -> ConsumerReport {
         let credit = Arc::new(Semaphore::new(0));
         let (deliver_tx, mut deliver_rx) =
-            mpsc::channel::<ReceivedMessage>(self.machine.config().max_held() as usize + 1);
+            mpsc::channel::<(ReceivedMessage, bool)>(self.machine.config().max_held() as usize + 2);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let (stop_rx_tx, stop_rx) = watch::channel(false);
+        let retry_receiver = self.retry_sub.clone().map(|rs| {
+            tokio::spawn(receive_loop(
+                rs,
+                true,
+                credit.clone(),
+                deliver_tx.clone(),
+                stop_rx.clone(),
+                self.bs.clone(),
+                self.spec.retry_topic_name().unwrap_or_default(),
+            ))
+        });
         let receiver = tokio::spawn(receive_loop(
             self.sub.clone(),
+            false,
             credit.clone(),
             deliver_tx,
             stop_rx,
@@ -349,6 +409,7 @@ impl<M: Send + 'static> Driver<M> {
         self.settle = Some(settle_tx);
         let acker = tokio::spawn(settle_loop(
             self.sub.clone(),
+            self.retry_sub.clone(),
             settle_rx,
             self.bs.clone(),
             self.topic.clone(),
@@ -392,18 +453,26 @@ impl<M: Send + 'static> Driver<M> {
                         Done::Dlq(key, r) => {
                             self.machine.handle_dlq_result(now, key, r.map_err(|e| e.kind()));
                         }
+                        Done::Retry(key, r) => {
+                            if let Err(e) = &r {
+                                tracing::warn!(topic = %self.topic, error = %e, "retry-topic publish failed: nacking for redelivery");
+                            }
+                            self.machine.handle_retry_result(now, key, r.map_err(|e| e.kind()));
+                        }
                     }
                 }
                 Some(c) = control_rx.recv() => {
                     super::control::apply(&mut self.machine, self.bs.clock().now(), c, self.bs.metrics(), &self.name);
                 }
-                Some(msg) = deliver_rx.recv() => {
+                Some((msg, from_retry)) = deliver_rx.recv() => {
                     let now = self.bs.clock().now();
                     let decoded = self.decoder.decode(&msg.payload);
                     let ok = decoded.is_ok();
-                    let key = self.machine.handle_delivered(now, ok);
+                    let prior = prior_runs(&msg, &self.spec.topic, &self.memory, self.machine.config().retry().max_retries());
+                    let ordering_key = ordering_hash(&msg);
+                    let key = self.machine.handle_delivery(now, crate::core::Delivered { decoded: ok, prior_runs: prior, ordering_key });
                     let last_error = decoded.as_ref().err().map(|e| HandlerError::new(ErrorKind::Decode, format!("payload does not decode: {e}")));
-                    self.put(Slot { key, msg: Arc::new(msg), decoded: decoded.ok(), last_error, abort: None });
+                    self.put(Slot { key, msg: Arc::new(msg), decoded: decoded.ok(), last_error, abort: None, runs: prior, from_retry });
                 }
                 _ = sleep_until_opt(deadline) => {
                     let now = self.bs.clock().now();
@@ -413,16 +482,26 @@ impl<M: Send + 'static> Driver<M> {
         }
         let _ = stop_rx_tx.send(true);
         let _ = receiver.await;
+        if let Some(r) = retry_receiver {
+            let _ = r.await;
+        }
         while self.io.join_next().await.is_some() {}
         self.settle = None; // closes the channel: the acker finishes what is queued, then ends
         let _ = acker.await;
         // Deliveries the receiver pulled after shutdown began never reached the machine: give them back.
         deliver_rx.close();
-        while let Some(msg) = deliver_rx.recv().await {
-            let _ = self.sub.nack(&msg.id).await;
+        while let Some((msg, from_retry)) = deliver_rx.recv().await {
+            let sub = match (&self.retry_sub, from_retry) {
+                (Some(rs), true) => rs,
+                _ => &self.sub,
+            };
+            let _ = sub.nack(&msg.id).await;
             self.report.nacked += 1;
         }
         let _ = self.sub.close().await;
+        if let Some(rs) = &self.retry_sub {
+            let _ = rs.close().await;
+        }
         tracing::info!(topic = %self.spec.topic, subscription = %self.spec.subscription, report = ?self.report, "consumer stopped");
         self.report
     }
@@ -471,6 +550,7 @@ impl<M: Send + 'static> Driver<M> {
                 let Some(slot) = self.slot_mut(key) else {
                     return;
                 };
+                slot.runs = attempt;
                 let value = match slot.decoded.take() {
                     Some(v) => Ok(v),
                     None => decoder.decode(&slot.msg.payload),
@@ -514,8 +594,9 @@ impl<M: Send + 'static> Driver<M> {
             }
             ConsumerAction::Ack { key } => {
                 if let Some(slot) = self.take(key) {
+                    self.memory.forget(&slot.msg.id);
                     if let Some(tx) = &self.settle {
-                        let _ = tx.send(Settle::Ack(slot.msg.id.clone()));
+                        let _ = tx.send(Settle::Ack(slot.msg.id.clone(), slot.from_retry));
                     }
                 }
             }
@@ -524,9 +605,10 @@ impl<M: Send + 'static> Driver<M> {
                     if let Some(abort) = slot.abort {
                         abort.abort();
                     }
-                    tracing::info!(topic = %self.topic, message_id = %slot.msg.id, reason = ?reason, "nack");
+                    tracing::info!(topic = %self.topic, message_id = %slot.msg.id, reason = ?reason, runs = slot.runs, "nack");
+                    self.memory.remember(slot.msg.id.clone(), slot.runs);
                     if let Some(tx) = &self.settle {
-                        let _ = tx.send(Settle::Nack(slot.msg.id.clone()));
+                        let _ = tx.send(Settle::Nack(slot.msg.id.clone(), slot.from_retry));
                     }
                 }
             }
@@ -544,18 +626,40 @@ impl<M: Send + 'static> Driver<M> {
                     self.bs.clock().epoch_wall_ms(),
                 );
                 record.subscription = Some(self.spec.subscription.clone());
-                record.origin_message_id = Some(slot.msg.id.to_string());
+                record.origin_message_id = Some(origin_id(&slot.msg, slot.from_retry));
                 let record = record.with_payload(&slot.msg.payload);
                 let msg = super::dlq_fit::fitted_message(record, Some(&*slot.msg));
-                let dlq_topic = self.spec.dlq_topic.clone().unwrap_or_default();
+                let dlq_topic = self.destination.clone().unwrap_or_default();
                 let bs = self.bs.clone();
                 let done = done_tx.clone();
                 self.io.spawn(async move {
-                    let r = bs
-                        .send(&dlq_topic, msg, Duration::from_secs(10))
-                        .await
-                        .map(|_| ());
+                    let r = publish_bounded(&bs, &dlq_topic, msg, "dead-letter").await;
                     let _ = done.send(Done::Dlq(key, r));
+                });
+            }
+            ConsumerAction::PublishRetry {
+                key,
+                runs,
+                delay_ms,
+            } => {
+                let delay = Duration::from_millis(delay_ms);
+                let Some(slot) = self.slot(key) else { return };
+                let Some(retry_topic) = self.spec.retry_topic_name() else {
+                    return;
+                };
+                let msg = retry_copy(
+                    &slot.msg,
+                    slot.from_retry,
+                    &self.spec.topic,
+                    &retry_topic,
+                    runs,
+                    delay,
+                );
+                let bs = self.bs.clone();
+                let done = done_tx.clone();
+                self.io.spawn(async move {
+                    let r = publish_bounded(&bs, &retry_topic, msg, "retry-topic").await;
+                    let _ = done.send(Done::Retry(key, r));
                 });
             }
             ConsumerAction::Pause => {
@@ -571,9 +675,18 @@ impl<M: Send + 'static> Driver<M> {
         let m = self.bs.metrics().clone();
         let (topic, sub) = (self.spec.topic.as_str(), self.spec.subscription.as_str());
         match ev {
-            ConsumerEvent::Received { key, poison } => {
+            ConsumerEvent::Received {
+                key,
+                poison,
+                prior_runs,
+                ..
+            } => {
                 self.report.received += 1;
                 self.meters.received.inc();
+                if !poison && prior_runs > self.machine.config().retry().max_retries() {
+                    self.report.arrived_spent += 1;
+                    tracing::info!(topic, subscription = sub, key = %key, prior_runs, "redelivered with its attempt budget spent: not run again");
+                }
                 if poison {
                     m.record_error(topic, ErrorKind::Decode);
                     tracing::warn!(topic, subscription = sub, key = %key, "undecodable payload: dead-lettering it");
@@ -604,13 +717,19 @@ impl<M: Send + 'static> Driver<M> {
                 self.meters.retried.inc();
                 tracing::info!(topic, subscription = sub, key = %key, next_attempt, "retry scheduled");
             }
+            ConsumerEvent::DeadLettered { key, info } if self.parking => {
+                self.report.parked += 1;
+                self.meters.parked.inc();
+                let park_topic = self.destination.as_deref().unwrap_or_default();
+                tracing::warn!(topic, subscription = sub, key = %key, park_topic, reason = info.reason.as_str(), attempts = info.attempts, kind = %info.kind, "parked: failed for good and no DLQ; release with `backstop dlq redrive --dlq {park_topic}`");
+            }
             ConsumerEvent::DeadLettered { key, info } => {
                 self.report.dead_lettered += 1;
                 self.meters.dead_lettered.inc();
                 tracing::warn!(topic, subscription = sub, key = %key, reason = info.reason.as_str(), attempts = info.attempts, kind = %info.kind, "dead-lettered");
             }
             ConsumerEvent::DeadLetterFailed { key, kind } => {
-                m.record_error(self.spec.dlq_topic.as_deref().unwrap_or(topic), kind);
+                m.record_error(self.destination.as_deref().unwrap_or(topic), kind);
                 tracing::error!(topic, subscription = sub, key = %key, kind = %kind, "dead-letter publish failed: nacking for redelivery");
             }
             ConsumerEvent::Acked { .. } => {
@@ -623,6 +742,8 @@ impl<M: Send + 'static> Driver<M> {
                     NackReason::NoDeadLetter => "no_dead_letter",
                     NackReason::DeadLetterFailed => "dead_letter_failed",
                     NackReason::Shutdown => "shutdown",
+                    NackReason::Retry => "retry",
+                    NackReason::RetryFailed => "retry_failed",
                 };
                 m.nacked.with_label_values(&[topic, sub, r]).inc();
             }
@@ -630,6 +751,15 @@ impl<M: Send + 'static> Driver<M> {
                 self.report.breaker_transitions += 1;
                 m.record_transition(&self.breaker_name, &t);
                 tracing::warn!(breaker = %self.breaker_name, from = t.from.as_str(), to = t.to.as_str(), failures = t.failures, "circuit breaker transition");
+            }
+            ConsumerEvent::RetryPublished { key } => {
+                tracing::debug!(topic, subscription = sub, key = %key, "retry copy confirmed: acking the original");
+            }
+            ConsumerEvent::RetryPublishFailed { kind, .. } => {
+                m.record_error(
+                    self.spec.retry_topic_name().as_deref().unwrap_or(topic),
+                    kind,
+                );
             }
             ConsumerEvent::Drained => {
                 tracing::info!(topic, subscription = sub, "consumer drained");
@@ -669,6 +799,172 @@ impl<M: Send + 'static> Driver<M> {
     }
 }
 
+/// How many nacked messages a consumer remembers the runs of (oldest forgotten first).
+const RUN_MEMORY: usize = 65_536;
+
+/// The runs of messages this consumer nacked, so their redeliveries continue the budget
+/// (bounded: the oldest entries are forgotten first; forgotten ones fall back to the broker's
+/// count, see [`prior_runs`]).
+#[derive(Debug)]
+struct RunMemory {
+    runs: std::collections::HashMap<crate::broker::MessageId, u32>,
+    order: std::collections::VecDeque<crate::broker::MessageId>,
+    cap: usize,
+}
+
+impl RunMemory {
+    fn new(cap: usize) -> RunMemory {
+        RunMemory {
+            runs: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            cap,
+        }
+    }
+
+    fn remember(&mut self, id: crate::broker::MessageId, runs: u32) {
+        if self.runs.insert(id.clone(), runs).is_none() {
+            self.order.push_back(id);
+            while self.runs.len() > self.cap {
+                let Some(old) = self.order.pop_front() else {
+                    break;
+                };
+                self.runs.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&mut self, id: &crate::broker::MessageId) {
+        if self.runs.remove(id).is_some() {
+            self.order.retain(|x| x != id);
+        }
+    }
+
+    fn get(&self, id: &crate::broker::MessageId) -> Option<u32> {
+        self.runs.get(id).copied()
+    }
+}
+
+/// Handler runs of `msg` before this delivery that backstop can know about (docs/retries.md):
+/// - `RECONSUMETIMES` (the Java client's meaning: the runs of the message before this copy of
+///   it was published to a retry topic) when its `REAL_TOPIC` names `topic`, so a copy made
+///   for another topic (a DLQ record read by a DLQ consumer) starts afresh;
+/// - plus the runs of this message id this consumer remembers from nacking it; or, when it does
+///   not remember it (another process, a restart, forgotten), the broker's redelivery count,
+///   capped at `max_retries`: a redelivery does not prove the handler ran (a shutdown nack, a
+///   crash before the run), so the broker's count alone never spends the last run.
+fn prior_runs(msg: &ReceivedMessage, topic: &str, memory: &RunMemory, max_retries: u32) -> u32 {
+    let copies = reconsume_times(msg, topic);
+    match memory.get(&msg.id) {
+        Some(runs) => runs.max(copies),
+        None => copies.saturating_add(msg.redelivery_count.min(max_retries)),
+    }
+}
+
+/// The id a DLQ record names as the origin: a retry copy's `ORIGIN_MESSAGE_ID`, else the
+/// delivery's own id.
+fn origin_id(msg: &ReceivedMessage, from_retry: bool) -> String {
+    match msg.properties.get("ORIGIN_MESSAGE_ID") {
+        Some(o) if from_retry => o.clone(),
+        _ => msg.id.to_string(),
+    }
+}
+
+/// The retry-topic copy of `msg` after `runs` runs, delivered after `delay`: its payload, key,
+/// ordering key, event time and properties, plus the Java client's retry properties
+/// (`RECONSUMETIMES` = `runs`, `DELAY_TIME` in ms, `REAL_TOPIC` = `topic`, `RETRY_TOPIC`,
+/// `ORIGIN_MESSAGE_ID` = the first delivery's id, kept across copies).
+pub(crate) fn retry_copy(
+    msg: &ReceivedMessage,
+    from_retry: bool,
+    topic: &str,
+    retry_topic: &str,
+    runs: u32,
+    delay: Duration,
+) -> crate::broker::OutgoingMessage {
+    let mut properties = msg.properties.clone();
+    let origin = origin_id(msg, from_retry);
+    properties.insert("RECONSUMETIMES".into(), runs.to_string());
+    properties.insert("DELAY_TIME".into(), delay.as_millis().to_string());
+    properties.insert("REAL_TOPIC".into(), topic.to_string());
+    properties.insert("RETRY_TOPIC".into(), retry_topic.to_string());
+    properties.insert("ORIGIN_MESSAGE_ID".into(), origin);
+    crate::broker::OutgoingMessage {
+        payload: msg.payload.clone(),
+        key: msg.key.clone(),
+        properties,
+        ordering_key: msg.metadata.ordering_key.clone(),
+        event_time_ms: msg.metadata.event_time_ms,
+        deliver_after: Some(delay),
+    }
+}
+
+/// The hash an ordered consumer queues a message under: of its ordering key, else its key
+/// (FNV-1a, the same in every process); `None` without either.
+fn ordering_hash(msg: &ReceivedMessage) -> Option<u64> {
+    let bytes: &[u8] = match (&msg.metadata.ordering_key, &msg.key) {
+        (Some(o), _) => o,
+        (None, Some(k)) => k.as_bytes(),
+        (None, None) => return None,
+    };
+    Some(bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    }))
+}
+
+/// The `RECONSUMETIMES` property of a retry copy made for `topic`, else 0.
+pub(crate) fn reconsume_times(msg: &ReceivedMessage, topic: &str) -> u32 {
+    let real = msg.properties.get("REAL_TOPIC").map(String::as_str);
+    if !real.is_some_and(|r| same_topic(r, topic)) {
+        return 0;
+    }
+    msg.properties
+        .get("RECONSUMETIMES")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether two topic names are the same topic, one perhaps fully qualified
+/// (`persistent://tenant/ns/name`) and the other short.
+fn same_topic(a: &str, b: &str) -> bool {
+    a == b || a.ends_with(&format!("/{b}")) || b.ends_with(&format!("/{a}"))
+}
+
+/// Attempts of one DLQ, parking or retry-topic publish before it counts as failed (and the
+/// message is nacked for redelivery).
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Publishes `msg` to `topic` for the consumer (a DLQ or parking record, a retry copy): each
+/// attempt within 10 s; a transient failure (Connection, Timeout) is retried up to
+/// [`PUBLISH_ATTEMPTS`] times with a doubling backoff from 200 ms, the message staying held
+/// (unacked) meanwhile, and replaces the topic's cached producer only if it is still the one
+/// that failed, so concurrent failures cause one new producer, not one each. Other failures
+/// return at once.
+async fn publish_bounded(
+    bs: &Backstop,
+    topic: &str,
+    msg: crate::broker::OutgoingMessage,
+    what: &str,
+) -> Result<(), BrokerError> {
+    let mut backoff = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        // The one publish path: shared producer, send timeout, a failed producer replaced once.
+        let r = bs
+            .send(topic, msg.clone(), Duration::from_secs(10))
+            .await
+            .map(|_| ());
+        let Err(e) = r else { return Ok(()) };
+        if !e.kind().is_transient() || attempt >= PUBLISH_ATTEMPTS {
+            return Err(e); // counted by the machine's failure event
+        }
+        bs.metrics().record_error(topic, e.kind());
+        tracing::warn!(topic, attempt, error = %e, retry_in = ?backoff, "{what} publish failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+        attempt += 1;
+    }
+}
+
 /// Attempts of one ack or nack before the acker gives up on it (the broker then redelivers the
 /// message after a reconnect or its ack timeout: a duplicate, never a loss).
 const SETTLE_ATTEMPTS: u32 = 4;
@@ -678,15 +974,20 @@ const SETTLE_ATTEMPTS: u32 = 4;
 /// backoff: left alone, a failed ack on a connection that stays up would leave the delivery
 /// unacked on the broker indefinitely (found by the simulation).
 async fn settle_loop(
-    sub: Arc<dyn Subscription>,
+    main: Arc<dyn Subscription>,
+    retry: Option<Arc<dyn Subscription>>,
     mut rx: mpsc::UnboundedReceiver<Settle>,
     bs: Backstop,
     topic: Arc<str>,
 ) {
     while let Some(s) = rx.recv().await {
-        let (id, ack) = match s {
-            Settle::Ack(id) => (id, true),
-            Settle::Nack(id) => (id, false),
+        let (id, ack, from_retry) = match s {
+            Settle::Ack(id, r) => (id, true, r),
+            Settle::Nack(id, r) => (id, false, r),
+        };
+        let sub = match (&retry, from_retry) {
+            (Some(r), true) => r,
+            _ => &main,
         };
         let mut backoff = Duration::from_millis(50);
         for attempt in 1..=SETTLE_ATTEMPTS {
@@ -737,10 +1038,12 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Pulls deliveries while the machine grants credit; backs off on broker errors.
+#[allow(clippy::too_many_arguments)]
 async fn receive_loop(
     sub: Arc<dyn Subscription>,
+    from_retry: bool,
     credit: Arc<Semaphore>,
-    tx: mpsc::Sender<ReceivedMessage>,
+    tx: mpsc::Sender<(ReceivedMessage, bool)>,
     mut stop: watch::Receiver<bool>,
     bs: Backstop,
     topic: String,
@@ -761,7 +1064,7 @@ async fn receive_loop(
             Ok(msg) => {
                 permit.forget();
                 backoff = Duration::from_millis(100);
-                if tx.send(msg).await.is_err() {
+                if tx.send((msg, from_retry)).await.is_err() {
                     return;
                 }
             }
@@ -777,5 +1080,63 @@ async fn receive_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::broker::MessageId;
+
+    fn msg(id: u8, redelivery_count: u32, props: &[(&str, &str)]) -> ReceivedMessage {
+        ReceivedMessage {
+            id: MessageId(vec![id]),
+            topic: "in".into(),
+            payload: Vec::new(),
+            key: None,
+            properties: props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            redelivery_count,
+            metadata: Default::default(),
+        }
+    }
+
+    #[test]
+    fn prior_runs_prefers_what_this_consumer_remembers_and_caps_the_brokers_count() {
+        let mut mem = RunMemory::new(2);
+        // Unknown here: the broker's count, never the whole budget.
+        assert_eq!(prior_runs(&msg(1, 0, &[]), "in", &mem, 3), 0);
+        assert_eq!(prior_runs(&msg(1, 2, &[]), "in", &mem, 3), 2);
+        assert_eq!(prior_runs(&msg(1, 9, &[]), "in", &mem, 3), 3);
+        // Remembered: exact, also 0 for a message nacked before it ran.
+        mem.remember(MessageId(vec![1]), 4);
+        mem.remember(MessageId(vec![2]), 0);
+        assert_eq!(prior_runs(&msg(1, 1, &[]), "in", &mem, 3), 4);
+        assert_eq!(prior_runs(&msg(2, 1, &[]), "in", &mem, 3), 0);
+        // Bounded: the oldest is forgotten first; an ack forgets.
+        mem.remember(MessageId(vec![3]), 1);
+        assert_eq!(mem.get(&MessageId(vec![1])), None);
+        mem.forget(&MessageId(vec![3]));
+        assert_eq!(mem.get(&MessageId(vec![3])), None);
+        assert_eq!(mem.get(&MessageId(vec![2])), Some(0));
+    }
+
+    #[test]
+    fn reconsumetimes_counts_only_on_a_copy_made_for_this_topic() {
+        let copy = |real: &str| msg(5, 0, &[("REAL_TOPIC", real), ("RECONSUMETIMES", "2")]);
+        assert_eq!(reconsume_times(&copy("in"), "in"), 2);
+        assert_eq!(
+            reconsume_times(&copy("persistent://public/default/in"), "in"),
+            2
+        );
+        assert_eq!(reconsume_times(&copy("other"), "in"), 0);
+        assert_eq!(
+            reconsume_times(&msg(5, 0, &[("RECONSUMETIMES", "2")]), "in"),
+            0
+        );
+        let mem = RunMemory::new(4);
+        assert_eq!(prior_runs(&copy("in"), "in", &mem, 5), 2);
     }
 }

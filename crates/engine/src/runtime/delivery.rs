@@ -100,8 +100,10 @@ impl Delivery {
         self.msg.redelivery_count
     }
 
-    /// This run's number among the handler runs of this delivery: 1 for the first run, 2 for the
-    /// first retry, and so on.
+    /// This run's number among all the handler runs of this message that backstop knows of: 1
+    /// for the first run, 2 for the first retry, and so on, counting runs on earlier deliveries
+    /// (broker redeliveries, retry copies: see docs/retries.md). `max_retries` limits the same
+    /// count, so the last run a message gets is attempt `max_retries + 1`.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }

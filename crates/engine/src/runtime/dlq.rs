@@ -82,6 +82,7 @@ impl DeadLetterRecord {
             properties,
             ordering_key: origin.and_then(|m| m.metadata.ordering_key.clone()),
             event_time_ms: origin.and_then(|m| m.metadata.event_time_ms),
+            deliver_after: None,
         }
     }
 }

@@ -32,7 +32,9 @@ impl std::fmt::Debug for Classifier {
         f.write_str("Classifier(..)")
     }
 }
-use crate::core::{BreakerConfig, ConfigError, ConsumerConfig, ProducerConfig, RetryPolicy};
+use crate::core::{
+    BreakerConfig, ConfigError, ConsumerConfig, ProducerConfig, RetryPolicy, RetryStrategy,
+};
 
 fn check_topic(setting: &'static str, topic: &str) -> Result<(), ConfigError> {
     if topic.trim().is_empty() {
@@ -56,6 +58,15 @@ fn check_dlq_topic(topic: &str, dlq: Option<&str>) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The topic a partition belongs to (`orders` for `orders-partition-3`), as the Java client
+/// names per-subscription topics after the partitioned topic.
+fn base_topic(topic: &str) -> &str {
+    match topic.rsplit_once("-partition-") {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => topic,
+    }
 }
 
 /// Applies a context's topic prefix to a topic and its DLQ topic.
@@ -247,10 +258,16 @@ pub struct ConsumerSpec {
     pub(crate) nack_delay: Duration,
     pub(crate) handler_timeout: Option<Duration>,
     pub(crate) classifier: Option<Classifier>,
+    parking: bool,
+    park_topic: Option<String>,
+    strategy: RetryStrategy,
+    retry_topic: Option<String>,
+    ordered: Option<bool>,
 }
 
 impl ConsumerSpec {
-    /// A Shared subscription, parallelism 1, 3 retries 5 s apart, no DLQ, 30 s shutdown grace.
+    /// A Shared subscription, parallelism 1, 3 retries 5 s apart, no DLQ (failed messages are
+    /// parked on `<topic>-<subscription>-PARKED`), 30 s shutdown grace.
     pub fn new(topic: impl Into<String>, subscription: impl Into<String>) -> ConsumerSpec {
         ConsumerSpec {
             topic: topic.into(),
@@ -267,7 +284,97 @@ impl ConsumerSpec {
             nack_delay: Duration::from_secs(1),
             handler_timeout: None,
             classifier: None,
+            parking: true,
+            park_topic: None,
+            strategy: RetryStrategy::InProcess,
+            retry_topic: None,
+            ordered: None,
         }
+    }
+    /// Per-key ordered retries (docs/retries.md): messages with the same ordering key (the
+    /// ordering key, else the key) run one at a time in arrival order, so while a message of
+    /// key K waits for its retry, later messages of K are held (they count toward `max_held`)
+    /// and other keys flow. Default: on for Exclusive and Failover subscriptions with the
+    /// in-process strategy, off otherwise. Allowed on Exclusive, Failover and Key_Shared, with
+    /// the in-process strategy only (a retry that leaves the consumer cannot keep its place).
+    pub fn ordered(mut self, on: bool) -> Self {
+        self.ordered = Some(on);
+        self
+    }
+    /// Whether this consumer keeps per-key order (see [`ordered`](Self::ordered)).
+    pub fn is_ordered(&self) -> bool {
+        self.ordered.unwrap_or(
+            matches!(
+                self.kind,
+                SubscriptionType::Exclusive | SubscriptionType::Failover
+            ) && self.strategy == RetryStrategy::InProcess,
+        )
+    }
+    /// The retry topic under [`RetryStrategy::Topic`] (default
+    /// `<topic>-<subscription>-RETRY`, the Java client's naming, `<topic>` without a
+    /// `-partition-N` suffix). The consumer subscribes to it too, with the same subscription.
+    pub fn retry_topic(mut self, topic: impl Into<String>) -> Self {
+        self.retry_topic = Some(topic.into());
+        self
+    }
+    /// The retry topic this consumer publishes retries to and consumes: `None` unless the
+    /// strategy is [`RetryStrategy::Topic`].
+    pub fn retry_topic_name(&self) -> Option<String> {
+        (self.strategy == RetryStrategy::Topic).then(|| {
+            self.retry_topic.clone().unwrap_or_else(|| {
+                format!("{}-{}-RETRY", base_topic(&self.topic), self.subscription)
+            })
+        })
+    }
+    /// Where a failed message waits for its next attempt (docs/retries.md):
+    /// [`RetryStrategy::InProcess`] (the default: a timer in the consumer, exact delays and
+    /// backoff, no broker traffic), [`RetryStrategy::Nack`] (nacked; the broker redelivers it
+    /// after the retry delay — the policy's base `retry_delay`, as Pulsar's nack delay is one
+    /// per consumer — and nothing is held meanwhile) or [`RetryStrategy::Topic`] (a copy goes to
+    /// the [retry topic](Self::retry_topic) with delayed delivery; durable). The attempt budget
+    /// is the same under each.
+    pub fn retry_strategy(mut self, s: RetryStrategy) -> Self {
+        self.strategy = s;
+        self
+    }
+    /// The redelivery delay the subscription is made with: the retry delay under
+    /// [`RetryStrategy::Nack`], else [`nack_delay`](Self::nack_delay).
+    pub(crate) fn subscription_nack_delay(&self) -> Duration {
+        match self.strategy {
+            RetryStrategy::Nack => self.retry.map_or(self.retry_delay, |p| p.retry_delay()),
+            RetryStrategy::InProcess | RetryStrategy::Topic => self.nack_delay,
+        }
+    }
+    /// Where a message that failed for good goes when there is no DLQ (default
+    /// `<topic>-<subscription>-PARKED`, `<topic>` without a `-partition-N` suffix). A parked message is acked only after its record (the
+    /// dead-letter record format) is confirmed on this topic; `backstop dlq redrive --dlq <it>`
+    /// releases it. Ignored when a DLQ is set.
+    pub fn park_topic(mut self, topic: impl Into<String>) -> Self {
+        self.park_topic = Some(topic.into());
+        self
+    }
+    /// Whether failed messages are parked when there is no DLQ (default `true`). With `false`,
+    /// such a message is nacked instead; its redeliveries are not run again while this process
+    /// remembers its runs (see docs/retries.md), so it cycles through the broker every
+    /// `nack_delay` until an operator removes it.
+    pub fn parking(mut self, on: bool) -> Self {
+        self.parking = on;
+        self
+    }
+    /// The topic failed messages are parked on: `None` when a DLQ is set or parking is off.
+    pub fn parking_topic(&self) -> Option<String> {
+        if self.dlq_topic.is_some() || !self.parking {
+            return None;
+        }
+        Some(
+            self.park_topic.clone().unwrap_or_else(|| {
+                format!("{}-{}-PARKED", base_topic(&self.topic), self.subscription)
+            }),
+        )
+    }
+    /// Where a message that failed for good goes: the DLQ, else the parking topic.
+    pub(crate) fn dead_letter_destination(&self) -> Option<String> {
+        self.dlq_topic.clone().or_else(|| self.parking_topic())
     }
     /// How long one handler run may take: a run past it is cancelled, its parallelism slot freed
     /// at once, and it counts as a failed attempt of kind Timeout (retried, and counted by the
@@ -356,6 +463,35 @@ impl ConsumerSpec {
             return Err(ConfigError::new("subscription", "must not be empty"));
         }
         check_dlq_topic(&self.topic, self.dlq_topic.as_deref())?;
+        if let Some(p) = self.parking_topic() {
+            check_topic("park_topic", &p)?;
+            if p == self.topic {
+                return Err(ConfigError::new("park_topic", "must differ from topic"));
+            }
+        }
+        if self.ordered == Some(true) {
+            if self.kind == SubscriptionType::Shared {
+                return Err(ConfigError::new(
+                    "ordered",
+                    "per-key order needs an Exclusive, Failover or Key_Shared subscription",
+                ));
+            }
+            if self.strategy != RetryStrategy::InProcess {
+                return Err(ConfigError::new(
+                    "ordered",
+                    "per-key order needs the in_process retry strategy",
+                ));
+            }
+        }
+        if let Some(r) = self.retry_topic_name() {
+            check_topic("retry_topic", &r)?;
+            if r == self.topic || Some(&r) == self.dlq_topic.as_ref() {
+                return Err(ConfigError::new(
+                    "retry_topic",
+                    "must differ from topic and dlq_topic",
+                ));
+            }
+        }
         if self.handler_timeout.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::new(
                 "handler_timeout",
@@ -371,6 +507,12 @@ impl ConsumerSpec {
     }
     pub(crate) fn prefixed(mut self, prefix: &str) -> ConsumerSpec {
         prefix_topics(prefix, &mut self.topic, &mut self.dlq_topic);
+        for t in [&mut self.park_topic, &mut self.retry_topic]
+            .into_iter()
+            .flatten()
+        {
+            *t = format!("{prefix}{t}");
+        }
         self
     }
     /// The subscription.
@@ -394,7 +536,50 @@ impl ConsumerSpec {
             .max_held(self.max_held)
             .retry(retry)
             .breaker(self.breaker.unwrap_or(default_breaker))
-            .dead_letter(self.dlq_topic.is_some())
+            .dead_letter(self.dead_letter_destination().is_some())
+            .retry_strategy(self.strategy)
+            .ordered(self.is_ordered())
             .build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parking_topic_follows_the_java_naming_and_yields_to_a_dlq() {
+        let spec = |t: &str| ConsumerSpec::new(t, "svc").build().unwrap();
+        assert_eq!(
+            spec("orders").parking_topic().as_deref(),
+            Some("orders-svc-PARKED")
+        );
+        assert_eq!(
+            spec("persistent://public/default/orders-partition-2")
+                .parking_topic()
+                .as_deref(),
+            Some("persistent://public/default/orders-svc-PARKED")
+        );
+        let s = ConsumerSpec::new("orders", "svc")
+            .dlq_topic("orders-dlq")
+            .build()
+            .unwrap();
+        assert_eq!(s.parking_topic(), None);
+        assert_eq!(s.dead_letter_destination().as_deref(), Some("orders-dlq"));
+        let s = ConsumerSpec::new("orders", "svc")
+            .park_topic("parked")
+            .build()
+            .unwrap()
+            .prefixed("t1-");
+        assert_eq!(s.parking_topic().as_deref(), Some("t1-parked"));
+        let off = ConsumerSpec::new("orders", "svc").parking(false);
+        assert_eq!(off.parking_topic(), None);
+        let cfg = off.consumer_config(BreakerConfig::default()).unwrap();
+        assert!(!cfg.dead_letter(), "nothing to publish to: nacked instead");
+        let err = ConsumerSpec::new("orders", "svc")
+            .park_topic("orders")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.setting(), "park_topic");
     }
 }

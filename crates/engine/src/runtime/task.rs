@@ -96,6 +96,7 @@ impl MessageOptions {
                 t.duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64)
             }),
+            deliver_after: None,
         }
     }
 }

@@ -54,6 +54,9 @@ impl CoreRun<'_> {
                     self.delayed.insert((due, self.seq), idx);
                     self.stats.redeliveries += 1;
                 }
+                ConsumerAction::PublishRetry { .. } => {
+                    return Err("the core simulation does not draw the retry-topic strategy".into());
+                }
                 ConsumerAction::PublishDlq { key, .. } => {
                     let idx = self.held[&key];
                     let (inc, ok) = (self.inc, self.dlq_out == 0);

@@ -1,8 +1,8 @@
 //! A machine wrapped with its oracle: every input checked, every output drained into it.
 
 use backstop_engine::core::{
-    ConsumerAction, ConsumerConfig, ConsumerEvent, ConsumerMachine, ErrorKind, Key, ProducerAction,
-    ProducerConfig, ProducerEvent, ProducerMachine, Time,
+    ConsumerAction, ConsumerConfig, ConsumerEvent, ConsumerMachine, Delivered, ErrorKind, Key,
+    ProducerAction, ProducerConfig, ProducerEvent, ProducerMachine, Time,
 };
 
 use super::Violation;
@@ -16,6 +16,8 @@ pub struct CheckedConsumer {
     oracle: ConsumerOracle,
     actions: Vec<ConsumerAction>,
     events: Vec<ConsumerEvent>,
+    next_message: u64,
+    message_keys: std::collections::BTreeMap<u64, Option<u64>>,
 }
 
 impl CheckedConsumer {
@@ -26,6 +28,8 @@ impl CheckedConsumer {
             oracle: ConsumerOracle::new(cfg),
             actions: Vec::new(),
             events: Vec::new(),
+            next_message: 0,
+            message_keys: std::collections::BTreeMap::new(),
         };
         c.step()?;
         Ok(c)
@@ -71,12 +75,58 @@ impl CheckedConsumer {
         self.oracle.check_machine(&self.machine)
     }
 
-    /// A delivery.
+    /// A delivery of a new message (the oracle tracks it across later [`redeliver`](Self::redeliver)s).
     pub fn deliver(&mut self, now: Time, decoded: bool) -> Result<Key, Violation> {
-        let key = self.machine.handle_delivered(now, decoded);
-        self.oracle.delivered(now, key, decoded)?;
+        self.deliver_keyed(now, decoded, None)
+    }
+
+    /// A delivery of a new message with an ordering key (see [`ConsumerMachine::handle_delivery`]).
+    pub fn deliver_keyed(
+        &mut self,
+        now: Time,
+        decoded: bool,
+        ordering_key: Option<u64>,
+    ) -> Result<Key, Violation> {
+        let message = self.next_message;
+        self.next_message += 1;
+        self.message_keys.insert(message, ordering_key);
+        self.deliver_message(now, decoded, message, 0, ordering_key)
+    }
+
+    fn deliver_message(
+        &mut self,
+        now: Time,
+        decoded: bool,
+        message: u64,
+        prior_runs: u32,
+        ordering_key: Option<u64>,
+    ) -> Result<Key, Violation> {
+        let key = self.machine.handle_delivery(
+            now,
+            Delivered {
+                decoded,
+                prior_runs,
+                ordering_key,
+            },
+        );
+        self.oracle
+            .delivered_keyed(now, key, decoded, message, prior_runs, ordering_key)?;
         self.step()?;
         Ok(key)
+    }
+
+    /// A new delivery of the message delivery `of` was of (a broker redelivery after a nack,
+    /// or a duplicate after a lost ack), with the prior-run count a driver that knows every
+    /// earlier run passes ([`ConsumerOracle::prior_runs_of`]).
+    pub fn redeliver(&mut self, now: Time, decoded: bool, of: Key) -> Result<Key, Violation> {
+        let message = self.oracle.message_of(of).unwrap_or_else(|| {
+            let m = self.next_message;
+            self.next_message += 1;
+            m
+        });
+        let prior = self.oracle.prior_runs_of(message);
+        let okey = self.message_keys.get(&message).copied().flatten();
+        self.deliver_message(now, decoded, message, prior, okey)
     }
 
     /// A handler result; returns whether the machine accepted it.
@@ -101,6 +151,19 @@ impl CheckedConsumer {
     ) -> Result<bool, Violation> {
         let accepted = self.machine.handle_dlq_result(now, key, result);
         self.oracle.dlq_result(now, key, result, accepted)?;
+        self.step()?;
+        Ok(accepted)
+    }
+
+    /// A retry-topic publish result; returns whether the machine accepted it.
+    pub fn retry_result(
+        &mut self,
+        now: Time,
+        key: Key,
+        result: Result<(), ErrorKind>,
+    ) -> Result<bool, Violation> {
+        let accepted = self.machine.handle_retry_result(now, key, result);
+        self.oracle.retry_result(now, key, result, accepted)?;
         self.step()?;
         Ok(accepted)
     }

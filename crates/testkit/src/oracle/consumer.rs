@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use backstop_engine::core::{
     BreakerState, ConsumerAction, ConsumerConfig, ConsumerEvent, ConsumerMachine, DlqInfo,
-    DlqReason, ErrorKind, Key, NackReason, Time,
+    DlqReason, ErrorKind, Key, NackReason, RetryStrategy, Time,
 };
 
 use super::breaker::{check_transition, compare_logs, BreakerModel, Ticket};
@@ -20,6 +20,7 @@ enum Phase {
     Idle,
     InFlight,
     DlqPending,
+    RetryPending,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -28,6 +29,7 @@ enum Expect {
     Ack,
     Dlq(DlqReason),
     Nack(NackReason),
+    RetryCopy,
 }
 
 #[derive(Clone, Debug)]
@@ -37,12 +39,30 @@ struct Msg {
     poison: bool,
     succeeded: bool,
     dlq_confirmed: bool,
+    retry_confirmed: bool,
     last_kind: Option<ErrorKind>,
     first_failure: Option<Time>,
     not_before: Time,
     ticket: Option<Ticket>,
     expect: Expect,
     why: &'static str,
+    /// The message this delivery is of, when the driver names it.
+    message: Option<u64>,
+    /// Ordered consumers: the ordering key it queues under (deliveries that may run only).
+    okey: Option<u64>,
+    /// Arrival order.
+    arrival: u64,
+    /// Ordered: it was held behind an earlier delivery of its key at the end of some step.
+    waited_behind: bool,
+}
+
+/// One message across all its deliveries.
+#[derive(Copy, Clone, Debug, Default)]
+struct Ledger {
+    /// Runs charged to its budget (before it first succeeded).
+    charged: u32,
+    /// Whether a run of it succeeded (later runs are duplicates of a lost ack).
+    succeeded: bool,
 }
 
 /// What a consumer oracle has seen so far (for tests that want to know their ops reached the
@@ -73,6 +93,20 @@ pub struct ConsumerStats {
     pub max_in_flight: u32,
     /// Handler results the machine had to ignore (late or stale).
     pub late_results: u64,
+    /// Deliveries of a message delivered before (named by the driver).
+    pub redelivered: u64,
+    /// Deliveries that arrived with their attempt budget already spent.
+    pub arrived_spent: u64,
+    /// Handler runs of a message after it had succeeded (duplicates of a lost ack: counted, not
+    /// charged to its budget).
+    pub duplicate_runs: u64,
+    /// Retry-topic copies confirmed.
+    pub retry_copies: u64,
+    /// Deliveries of an ordered consumer that queued under an ordering key.
+    pub keyed: u64,
+    /// Handler runs of an ordered consumer's keyed message that had to wait behind an earlier
+    /// delivery of its key at some point.
+    pub held_behind_key: u64,
 }
 
 /// The oracle (docs/architecture.md, "The invariants") for one [`ConsumerMachine`]. See the [module docs](super) for the
@@ -92,6 +126,9 @@ pub struct ConsumerOracle {
     reported_log: Vec<(BreakerState, BreakerState)>,
     now: Time,
     stats: ConsumerStats,
+    ledger: BTreeMap<u64, Ledger>,
+    message_of: BTreeMap<Key, u64>,
+    arrivals: u64,
 }
 
 impl ConsumerOracle {
@@ -112,7 +149,30 @@ impl ConsumerOracle {
             reported_log: Vec::new(),
             now: Time::ZERO,
             stats: ConsumerStats::default(),
+            ledger: BTreeMap::new(),
+            message_of: BTreeMap::new(),
+            arrivals: 0,
         }
+    }
+
+    /// The message a delivery `key` was of, if the driver named it
+    /// ([`delivered_message`](Self::delivered_message)).
+    pub fn message_of(&self, key: Key) -> Option<u64> {
+        self.message_of.get(&key).copied()
+    }
+
+    /// Whether a delivery of `message` is still held (neither acked nor nacked).
+    pub fn message_held(&self, message: u64) -> bool {
+        self.live.values().any(|m| m.message == Some(message))
+    }
+
+    /// The prior-run count a driver that knows everything passes for a new delivery of
+    /// `message`: the runs charged to its budget, or 0 once it succeeded (a redelivery after
+    /// success is a duplicate of a lost ack, counted, not charged).
+    pub fn prior_runs_of(&self, message: u64) -> u32 {
+        self.ledger
+            .get(&message)
+            .map_or(0, |l| if l.succeeded { 0 } else { l.charged })
     }
 
     /// What has been seen so far.
@@ -156,8 +216,83 @@ impl ConsumerOracle {
         }
     }
 
-    /// Input: the machine returned `key` for a delivery at `now`.
+    /// Input: the machine returned `key` for a delivery at `now`
+    /// ([`ConsumerMachine::handle_delivered`]).
     pub fn delivered(&mut self, now: Time, key: Key, decoded: bool) -> Result<(), Violation> {
+        self.delivered_inner(now, key, decoded, 0, None, None)
+    }
+
+    /// Input: the machine returned `key` for a delivery with `prior_runs` earlier runs
+    /// ([`ConsumerMachine::handle_redelivered`]), of a message the oracle does not track.
+    pub fn delivered_after(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        prior_runs: u32,
+    ) -> Result<(), Violation> {
+        self.delivered_inner(now, key, decoded, prior_runs, None, None)
+    }
+
+    /// Like [`delivered_after`](Self::delivered_after), with the ordering key an ordered
+    /// consumer queues the delivery under (as its `Received` event reports it), so
+    /// [`Rule::KeyOrder`] is checked for observed consumers too.
+    pub fn delivered_observed(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        prior_runs: u32,
+        ordering_key: Option<u64>,
+    ) -> Result<(), Violation> {
+        self.delivered_inner(now, key, decoded, prior_runs, None, ordering_key)
+    }
+
+    /// Input: the machine returned `key` for a delivery of `message` (the driver's name for the
+    /// message, the same across its redeliveries) with `prior_runs` earlier runs. The oracle
+    /// then also checks the budget across deliveries: at most `max_retries + 1` runs of the
+    /// message before it succeeds ([`Rule::BudgetAcrossRedeliveries`]); runs after a success
+    /// are duplicates, counted in [`ConsumerStats::duplicate_runs`].
+    pub fn delivered_message(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        message: u64,
+        prior_runs: u32,
+    ) -> Result<(), Violation> {
+        self.delivered_keyed(now, key, decoded, message, prior_runs, None)
+    }
+
+    /// Like [`delivered_message`](Self::delivered_message), with the delivery's ordering key
+    /// as given to [`ConsumerMachine::handle_delivery`]. For an ordered consumer the oracle
+    /// then checks [`Rule::KeyOrder`]: a delivery of a key runs only when no earlier delivery
+    /// of that key is held.
+    pub fn delivered_keyed(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        message: u64,
+        prior_runs: u32,
+        ordering_key: Option<u64>,
+    ) -> Result<(), Violation> {
+        if self.ledger.contains_key(&message) {
+            self.stats.redelivered += 1;
+        }
+        self.ledger.entry(message).or_default();
+        self.delivered_inner(now, key, decoded, prior_runs, Some(message), ordering_key)
+    }
+
+    fn delivered_inner(
+        &mut self,
+        now: Time,
+        key: Key,
+        decoded: bool,
+        prior_runs: u32,
+        message: Option<u64>,
+        ordering_key: Option<u64>,
+    ) -> Result<(), Violation> {
         self.begin(now);
         if self.live.contains_key(&key) || self.done.contains(&key) {
             return Err(self.err(
@@ -168,6 +303,7 @@ impl ConsumerOracle {
         }
         self.credit = self.credit.saturating_sub(1);
         self.stats.delivered += 1;
+        let mut spent = false;
         let (expect, why) = if self.shutdown.is_some() {
             (
                 Expect::Nack(NackReason::Shutdown),
@@ -182,23 +318,57 @@ impl ConsumerOracle {
                     "it did not decode and there is no DLQ",
                 )
             }
+        } else if prior_runs >= self.cfg.retry().max_attempts() {
+            spent = true;
+            self.stats.arrived_spent += 1;
+            if self.cfg.dead_letter() {
+                (
+                    Expect::Dlq(DlqReason::Exhausted),
+                    "its budget was spent on earlier deliveries",
+                )
+            } else {
+                (
+                    Expect::Nack(NackReason::NoDeadLetter),
+                    "its budget was spent on earlier deliveries and there is no DLQ",
+                )
+            }
         } else {
             (Expect::Nothing, "")
         };
+        if let Some(msg) = message {
+            self.message_of.insert(key, msg);
+        }
+        let failed_before = !decoded || spent;
+        let joins = self.cfg.ordered() && expect == Expect::Nothing;
+        self.arrivals += 1;
+        if joins && ordering_key.is_some() {
+            self.stats.keyed += 1;
+        }
         self.live.insert(
             key,
             Msg {
                 phase: Phase::Idle,
-                attempts: 0,
+                attempts: prior_runs,
                 poison: !decoded,
                 succeeded: false,
                 dlq_confirmed: false,
-                last_kind: (!decoded).then_some(ErrorKind::Decode),
-                first_failure: (!decoded).then_some(self.now),
+                retry_confirmed: false,
+                last_kind: if !decoded {
+                    Some(ErrorKind::Decode)
+                } else if spent {
+                    Some(ErrorKind::Handler)
+                } else {
+                    None
+                },
+                first_failure: failed_before.then_some(self.now),
                 not_before: self.now,
                 ticket: None,
                 expect,
                 why,
+                message,
+                okey: ordering_key.filter(|_| joins),
+                arrival: self.arrivals,
+                waited_behind: false,
             },
         );
         Ok(())
@@ -219,6 +389,7 @@ impl ConsumerOracle {
         let dlq = self.cfg.dead_letter();
         let shutting = self.shutdown.is_some();
         let retry = *self.cfg.retry();
+        let strategy = self.cfg.retry_strategy();
         let Some(m) = self
             .live
             .get_mut(&key)
@@ -252,6 +423,9 @@ impl ConsumerOracle {
                 m.succeeded = true;
                 m.expect = Expect::Ack;
                 m.why = "its handler succeeded";
+                if let Some(l) = m.message.and_then(|msg| self.ledger.get_mut(&msg)) {
+                    l.succeeded = true;
+                }
             }
             Err(kind) => {
                 m.last_kind = Some(kind);
@@ -274,6 +448,13 @@ impl ConsumerOracle {
                 } else if shutting {
                     m.expect = Expect::Nack(NackReason::Shutdown);
                     m.why = "it failed during shutdown";
+                } else if strategy == RetryStrategy::Nack {
+                    m.expect = Expect::Nack(NackReason::Retry);
+                    m.why = "its retry goes through the broker (nack strategy)";
+                } else if strategy == RetryStrategy::Topic {
+                    m.expect = Expect::RetryCopy;
+                    m.why = "its retry goes through the retry topic";
+                    m.not_before = now + retry.delay_before_retry(m.attempts, key.as_u64());
                 } else {
                     m.not_before = now + retry.delay_before_retry(m.attempts, key.as_u64());
                 }
@@ -329,6 +510,53 @@ impl ConsumerOracle {
         Ok(())
     }
 
+    /// Input: the retry-topic publish of `key` finished; `accepted` is what
+    /// [`ConsumerMachine::handle_retry_result`] returned.
+    pub fn retry_result(
+        &mut self,
+        now: Time,
+        key: Key,
+        result: Result<(), ErrorKind>,
+        accepted: bool,
+    ) -> Result<(), Violation> {
+        self.begin(now);
+        let Some(m) = self
+            .live
+            .get_mut(&key)
+            .filter(|m| m.phase == Phase::RetryPending)
+        else {
+            if accepted {
+                return Err(self.err(
+                    Rule::InputMishandled,
+                    Some(key),
+                    "the machine accepted a retry result for a message not waiting on one",
+                ));
+            }
+            return Ok(());
+        };
+        m.phase = Phase::Idle;
+        match result {
+            Ok(()) => {
+                m.retry_confirmed = true;
+                self.stats.retry_copies += 1;
+                m.expect = Expect::Ack;
+                m.why = "its retry-topic copy was confirmed";
+            }
+            Err(_) => {
+                m.expect = Expect::Nack(NackReason::RetryFailed);
+                m.why = "its retry-topic publish failed";
+            }
+        }
+        if !accepted {
+            return Err(self.err(
+                Rule::InputMishandled,
+                Some(key),
+                "the machine ignored the result of a pending retry publish",
+            ));
+        }
+        Ok(())
+    }
+
     /// Input: shutdown began at `now` with `deadline`.
     pub fn shutdown(&mut self, now: Time, deadline: Time) -> Result<(), Violation> {
         self.begin(now);
@@ -365,6 +593,11 @@ impl ConsumerOracle {
             ConsumerAction::Ack { key } => self.on_ack(key),
             ConsumerAction::Nack { key, reason } => self.on_nack(key, reason),
             ConsumerAction::PublishDlq { key, info } => self.on_publish_dlq(key, info),
+            ConsumerAction::PublishRetry {
+                key,
+                runs,
+                delay_ms,
+            } => self.on_publish_retry(key, runs, delay_ms),
             ConsumerAction::Pause => {
                 if self.paused || self.breaker.state() != BreakerState::Open {
                     return Err(self.err(
@@ -452,6 +685,32 @@ impl ConsumerOracle {
         let shutting = self.shutdown.is_some();
         let m = &self.live[&key];
         let e = |rule, detail: String| Err(violation(rule, now, Some(key), detail));
+        if let Some(l) = m.message.and_then(|msg| self.ledger.get(&msg)) {
+            if !l.succeeded && l.charged >= max_attempts {
+                return e(
+                    Rule::BudgetAcrossRedeliveries,
+                    format!(
+                        "run {} of message {} over all its deliveries, at most {max_attempts}",
+                        l.charged + 1,
+                        m.message.unwrap_or_default()
+                    ),
+                );
+            }
+        }
+        if let Some(k) = m.okey {
+            if let Some((earlier, _)) = self
+                .live
+                .iter()
+                .find(|(_, o)| o.okey == Some(k) && o.arrival < m.arrival)
+            {
+                return e(
+                    Rule::KeyOrder,
+                    format!(
+                        "attempt {attempt} while {earlier}, delivered earlier with the same ordering key, is still held"
+                    ),
+                );
+            }
+        }
         if attempt > max_attempts {
             return e(
                 Rule::TooManyAttempts,
@@ -470,6 +729,8 @@ impl ConsumerOracle {
             Some("while its previous run is in flight".to_string())
         } else if m.phase == Phase::DlqPending {
             Some("while it waits on the DLQ".to_string())
+        } else if m.phase == Phase::RetryPending || m.retry_confirmed {
+            Some("while its retry copy carries it".to_string())
         } else if m.poison {
             Some("although it did not decode".to_string())
         } else if m.succeeded {
@@ -523,6 +784,16 @@ impl ConsumerOracle {
             self.stats.probes += 1;
         }
         let m = self.live.get_mut(&key).expect("checked above");
+        if m.waited_behind {
+            self.stats.held_behind_key += 1;
+        }
+        if let Some(l) = m.message.and_then(|msg| self.ledger.get_mut(&msg)) {
+            if l.succeeded {
+                self.stats.duplicate_runs += 1;
+            } else {
+                l.charged += 1;
+            }
+        }
         m.ticket = ticket;
         m.phase = Phase::InFlight;
         m.attempts = attempt;
@@ -554,10 +825,11 @@ impl ConsumerOracle {
     fn on_ack(&mut self, key: Key) -> Result<(), Violation> {
         self.terminal_check(key, "ack")?;
         let m = &self.live[&key];
-        if !(m.succeeded || m.dlq_confirmed) {
+        if !(m.succeeded || m.dlq_confirmed || m.retry_confirmed) {
             let state = match m.phase {
                 Phase::InFlight => "while its handler runs",
                 Phase::DlqPending => "before its DLQ publish was confirmed",
+                Phase::RetryPending => "before its retry copy was confirmed",
                 Phase::Idle => "without a successful attempt or a confirmed DLQ publish",
             };
             return Err(self.err(
@@ -574,7 +846,7 @@ impl ConsumerOracle {
     fn on_nack(&mut self, key: Key, reason: NackReason) -> Result<(), Violation> {
         self.terminal_check(key, "nack")?;
         let m = &self.live[&key];
-        if m.succeeded || m.dlq_confirmed {
+        if m.succeeded || m.dlq_confirmed || m.retry_confirmed {
             return Err(self.err(
                 Rule::NackAfterSuccess,
                 Some(key),
@@ -648,6 +920,33 @@ impl ConsumerOracle {
         Ok(())
     }
 
+    fn on_publish_retry(&mut self, key: Key, runs: u32, delay_ms: u64) -> Result<(), Violation> {
+        self.known(key)?;
+        let now = self.now;
+        let m = self.live.get_mut(&key).expect("checked above");
+        let bad = |detail: String| Err(violation(Rule::UnexpectedAction, now, Some(key), detail));
+        if m.expect != Expect::RetryCopy {
+            return bad(format!(
+                "a retry-topic publish nothing called for (attempts {})",
+                m.attempts
+            ));
+        }
+        // Due no earlier than the policy says, and less than a millisecond later.
+        let due = now + std::time::Duration::from_millis(delay_ms);
+        if runs != m.attempts
+            || due < m.not_before
+            || due >= m.not_before + std::time::Duration::from_millis(1)
+        {
+            return bad(format!(
+                "retry copy with runs {runs} due {delay_ms} ms after {now}, expected runs {} due at {}",
+                m.attempts, m.not_before
+            ));
+        }
+        m.phase = Phase::RetryPending;
+        m.expect = Expect::Nothing;
+        Ok(())
+    }
+
     /// Output: one event, in the order the machine emitted it (after the step's actions).
     pub fn event(&mut self, e: &ConsumerEvent) -> Result<(), Violation> {
         match e {
@@ -710,8 +1009,18 @@ impl ConsumerOracle {
                 && m.expect == Expect::Nothing
                 && !m.poison
                 && !m.succeeded
-                && (m.attempts == 0 || m.not_before <= self.now))
-                .then_some(*k)
+                && (m.attempts == 0 || m.not_before <= self.now)
+                && !self.blocked(m))
+            .then_some(*k)
+        })
+    }
+
+    /// Ordered: whether an earlier delivery of `m`'s key is still held.
+    fn blocked(&self, m: &Msg) -> bool {
+        m.okey.is_some_and(|k| {
+            self.live
+                .values()
+                .any(|o| o.okey == Some(k) && o.arrival < m.arrival)
         })
     }
 
@@ -719,11 +1028,25 @@ impl ConsumerOracle {
     /// reported transitions match the reference's, credit is right and no ready work is left
     /// idle.
     pub fn end_step(&mut self) -> Result<(), Violation> {
+        if self.cfg.ordered() {
+            let behind: Vec<Key> = self
+                .live
+                .iter()
+                .filter(|(_, m)| self.blocked(m))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in behind {
+                if let Some(m) = self.live.get_mut(&k) {
+                    m.waited_behind = true;
+                }
+            }
+        }
         if let Some((k, m)) = self.live.iter().find(|(_, m)| m.expect != Expect::Nothing) {
             let what = match m.expect {
                 Expect::Ack => "an ack".to_string(),
                 Expect::Dlq(r) => format!("a DLQ publish ({})", r.as_str()),
                 Expect::Nack(r) => format!("a nack ({r:?})"),
+                Expect::RetryCopy => "a retry-topic publish".to_string(),
                 Expect::Nothing => unreachable!(),
             };
             return Err(self.err(

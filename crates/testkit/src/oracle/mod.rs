@@ -74,6 +74,13 @@ pub enum Rule {
     WrongAttempt,
     /// More than `max_retries + 1` attempts.
     TooManyAttempts,
+    /// An ordered consumer ran a message of a key while an earlier delivery of that key was
+    /// still held: per key, handler runs must follow arrival (publish) order.
+    KeyOrder,
+    /// A message's handler ran more than `max_retries + 1` times over all its deliveries
+    /// (redeliveries included; runs after it succeeded are duplicates, counted apart), or ran
+    /// again after its budget was spent (a dead-lettered or parked message).
+    BudgetAcrossRedeliveries,
     /// A handler run (or body run) that was not due: in flight already, succeeded, failed for
     /// good, poison, waiting on the DLQ, or during shutdown.
     InvokeNotDue,

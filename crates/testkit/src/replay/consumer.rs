@@ -17,6 +17,21 @@ pub enum ConsumerOp {
         /// Whether the payload fails to decode.
         poison: bool,
     },
+    /// A delivery with an ordering key (skipped when the machine has granted no credit).
+    DeliverKeyed {
+        /// Whether the payload fails to decode.
+        poison: bool,
+        /// Its ordering key (modulo 4, so keys repeat).
+        key: u8,
+    },
+    /// The broker delivers again a message whose delivery already ended: after a nack, or a
+    /// duplicate after a lost ack (skipped without credit or when nothing ended).
+    Redeliver {
+        /// Which ended delivery's message (modulo the number ended).
+        pick: u8,
+        /// Whether the payload fails to decode.
+        poison: bool,
+    },
     /// One of the running handlers finishes.
     Finish {
         /// Which (modulo the number running).
@@ -26,6 +41,13 @@ pub enum ConsumerOp {
     },
     /// One of the pending DLQ publishes finishes.
     DlqResult {
+        /// Which (modulo the number pending).
+        pick: u8,
+        /// Its result.
+        result: Result<(), ErrorKind>,
+    },
+    /// One of the pending retry-topic publishes finishes.
+    RetryResult {
         /// Which (modulo the number pending).
         pick: u8,
         /// Its result.
@@ -71,6 +93,7 @@ struct ConsumerDriver {
     now: Time,
     running: Vec<Key>,
     dlq: Vec<Key>,
+    retry: Vec<Key>,
     ended: Vec<Key>,
 }
 
@@ -80,9 +103,11 @@ impl ConsumerDriver {
             match *a {
                 ConsumerAction::Invoke { key, .. } => self.running.push(key),
                 ConsumerAction::PublishDlq { key, .. } => self.dlq.push(key),
+                ConsumerAction::PublishRetry { key, .. } => self.retry.push(key),
                 ConsumerAction::Ack { key } | ConsumerAction::Nack { key, .. } => {
                     self.running.retain(|k| *k != key);
                     self.dlq.retain(|k| *k != key);
+                    self.retry.retain(|k| *k != key);
                     self.ended.push(key);
                 }
                 _ => {}
@@ -100,6 +125,27 @@ impl ConsumerDriver {
                 }
                 self.c.deliver(now, !poison)?;
             }
+            ConsumerOp::DeliverKeyed { poison, key } => {
+                if self.c.machine().credit() == 0 {
+                    return Ok(false);
+                }
+                self.c
+                    .deliver_keyed(now, !poison, Some(u64::from(key % 4)))?;
+            }
+            ConsumerOp::Redeliver { pick, poison } => {
+                if self.c.machine().credit() == 0 {
+                    return Ok(false);
+                }
+                let Some(k) = peek(&self.ended, pick) else {
+                    return Ok(false);
+                };
+                // The broker redelivers a message once its delivery ended, not while it is held.
+                let oracle = self.c.oracle();
+                if oracle.message_of(k).is_some_and(|m| oracle.message_held(m)) {
+                    return Ok(false);
+                }
+                self.c.redeliver(now, !poison, k)?;
+            }
             ConsumerOp::Finish { pick, result } => {
                 let Some(k) = take(&mut self.running, pick) else {
                     return Ok(false);
@@ -111,6 +157,12 @@ impl ConsumerDriver {
                     return Ok(false);
                 };
                 self.c.dlq_result(now, k, result)?;
+            }
+            ConsumerOp::RetryResult { pick, result } => {
+                let Some(k) = take(&mut self.retry, pick) else {
+                    return Ok(false);
+                };
+                self.c.retry_result(now, k, result)?;
             }
             ConsumerOp::Late { pick } => {
                 let Some(k) = peek(&self.ended, pick) else {
@@ -156,6 +208,9 @@ impl ConsumerDriver {
             } else if let Some(k) = self.dlq.first().copied() {
                 self.dlq.remove(0);
                 self.c.dlq_result(now, k, Ok(()))?;
+            } else if let Some(k) = self.retry.first().copied() {
+                self.retry.remove(0);
+                self.c.retry_result(now, k, Ok(()))?;
             } else if !m.is_shutting_down()
                 && m.breaker_state() == BreakerState::HalfOpen
                 && m.credit() > 0
@@ -189,6 +244,7 @@ pub fn replay_consumer(
         now: Time::ZERO,
         running: Vec::new(),
         dlq: Vec::new(),
+        retry: Vec::new(),
         ended: Vec::new(),
     };
     let mut applied = 0;

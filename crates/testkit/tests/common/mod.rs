@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use backstop_engine::core::{
-    BreakerConfig, ConsumerConfig, ErrorKind, ProducerConfig, RetryPolicy,
+    BreakerConfig, ConsumerConfig, ErrorKind, ProducerConfig, RetryPolicy, RetryStrategy,
 };
 use backstop_testkit::replay::{ConsumerOp, ProducerOp};
 use proptest::prelude::*;
@@ -57,14 +57,23 @@ pub fn consumer_config() -> impl Strategy<Value = ConsumerConfig> {
         retry_policy(),
         breaker_config(),
         any::<bool>(),
+        prop::sample::select(vec![
+            RetryStrategy::InProcess,
+            RetryStrategy::InProcess,
+            RetryStrategy::Nack,
+            RetryStrategy::Topic,
+        ]),
+        any::<bool>(),
     )
-        .prop_map(|(par, extra, retry, breaker, dlq)| {
+        .prop_map(|(par, extra, retry, breaker, dlq, strategy, ordered)| {
             ConsumerConfig::builder()
                 .max_parallelism(par)
                 .max_held(par + extra)
                 .retry(retry)
                 .breaker(breaker)
                 .dead_letter(dlq)
+                .retry_strategy(strategy)
+                .ordered(ordered && strategy == RetryStrategy::InProcess)
                 .build()
                 .expect("valid consumer")
         })
@@ -83,14 +92,23 @@ pub fn producer_config() -> impl Strategy<Value = ProducerConfig> {
 
 pub fn consumer_op() -> impl Strategy<Value = ConsumerOp> {
     prop_oneof![
-        6 => prop::bool::weighted(0.1).prop_map(|poison| ConsumerOp::Deliver { poison }),
+        4 => prop::bool::weighted(0.1).prop_map(|poison| ConsumerOp::Deliver { poison }),
+        3 => (prop::bool::weighted(0.05), any::<u8>())
+            .prop_map(|(poison, key)| ConsumerOp::DeliverKeyed { poison, key }),
         6 => (any::<u8>(), result()).prop_map(|(pick, result)| ConsumerOp::Finish { pick, result }),
         2 => (any::<u8>(), prop::bool::weighted(0.7))
             .prop_map(|(pick, ok)| ConsumerOp::DlqResult {
                 pick,
                 result: if ok { Ok(()) } else { Err(ErrorKind::Connection) },
             }),
+        1 => (any::<u8>(), prop::bool::weighted(0.7))
+            .prop_map(|(pick, ok)| ConsumerOp::RetryResult {
+                pick,
+                result: if ok { Ok(()) } else { Err(ErrorKind::Timeout) },
+            }),
         1 => any::<u8>().prop_map(|pick| ConsumerOp::Late { pick }),
+        2 => (any::<u8>(), prop::bool::weighted(0.05))
+            .prop_map(|(pick, poison)| ConsumerOp::Redeliver { pick, poison }),
         2 => (0u16..=4000).prop_map(|millis| ConsumerOp::Advance { millis }),
         1 => Just(ConsumerOp::Timeout),
         2 => Just(ConsumerOp::JumpToTimeout),
