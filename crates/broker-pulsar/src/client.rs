@@ -227,6 +227,16 @@ impl Broker for PulsarBroker {
     ) -> Result<Arc<dyn Subscription>, BrokerError> {
         Ok(Arc::new(self.pulsar_subscribe(spec).await?))
     }
+
+    /// Creates the durable subscription (Exclusive, as the `backstop` CLI reads it) by
+    /// subscribing once and closing: from then on the broker keeps every message written to
+    /// `topic` until that subscription acks it.
+    async fn retain(&self, topic: &str, subscription: &str) -> Result<(), BrokerError> {
+        let spec = SubscriptionSpec::new(topic, subscription)
+            .with_type(backstop_engine::broker::SubscriptionType::Exclusive);
+        let sub = self.pulsar_subscribe(&spec).await?;
+        sub.close().await
+    }
 }
 
 /// The OAuth2 provider, with its first token already fetched: a bad secret or an unreachable

@@ -28,4 +28,4 @@ pub use filter::Filter;
 pub use record::{DlqRecord, RecordFormat};
 
 /// The subscription the tool reads DLQs through, unless `--subscription` names another.
-pub const DEFAULT_SUBSCRIPTION: &str = "backstop-redrive";
+pub const DEFAULT_SUBSCRIPTION: &str = backstop_engine::runtime::RECORDS_SUBSCRIPTION;

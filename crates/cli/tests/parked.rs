@@ -1,7 +1,8 @@
 //! Parked messages (a consumer without a DLQ whose budget is spent parks the message on
 //! `<topic>-<subscription>-PARKED`) are released by `backstop dlq redrive`, on a real Pulsar:
 //! the redriven copy reaches the consumer again with a fresh budget and is handled once the
-//! cause is fixed; nothing is lost, nothing is run while parked.
+//! cause is fixed; nothing is lost, nothing is run while parked. The parking topic's durable
+//! subscription is made by the runtime, before the first record (no `dlq init` needed).
 
 mod common;
 
@@ -30,7 +31,8 @@ async fn a_parked_message_is_released_by_redrive_and_handled() {
     let broker = connect().await;
     let origin = unique("parkme");
     let parked = format!("{origin}-svc-PARKED");
-    init(&parked).await;
+    // No `backstop dlq init`: the runtime creates the records' durable subscription
+    // (backstop-redrive) before it parks the first message, so the broker keeps it.
 
     let bs = Backstop::builder(Arc::new(broker.clone()))
         .env_from(BTreeMap::new())
@@ -76,7 +78,17 @@ async fn a_parked_message_is_released_by_redrive_and_handled() {
         .unwrap();
 
     // max_retries 1, no DLQ: two runs, then parked
-    wait_for("parking", async || backlog(&parked).await == 1).await;
+    wait_for("parking", async || {
+        admin()
+            .backlog(
+                &backstop_cli::topic::Topic::parse(&parked).unwrap(),
+                backstop_cli::DEFAULT_SUBSCRIPTION,
+            )
+            .await
+            .expect("admin stats")
+            == Some(1)
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(runs.load(Ordering::SeqCst), 2, "no run after parking");
     let peek = run_json(&["dlq", "peek", &parked], 0).await;

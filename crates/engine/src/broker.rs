@@ -235,6 +235,16 @@ pub trait Broker: Send + Sync + 'static {
         &self,
         spec: &SubscriptionSpec,
     ) -> Result<Arc<dyn Subscription>, BrokerError>;
+    /// Makes sure messages published to `topic` from now on are kept until they are read
+    /// through the durable subscription `subscription`, creating it if missing. Backstop calls
+    /// it before the first dead-letter or parking record goes to a topic: on Pulsar a topic
+    /// without a subscription (and without a retention policy) may delete what is written to
+    /// it, as the Java client's `DeadLetterPolicy.initialSubscriptionName` also guards against.
+    /// The default does nothing, for brokers that keep every message.
+    async fn retain(&self, topic: &str, subscription: &str) -> Result<(), BrokerError> {
+        let _ = (topic, subscription);
+        Ok(())
+    }
 }
 
 /// Publishes to one topic.

@@ -13,6 +13,11 @@ use super::metrics::Metrics;
 use super::observer::Observer;
 use super::spec::Classifier;
 
+/// The durable subscription backstop creates on dead-letter and parking topics before writing
+/// to them, so the broker keeps every record until it is read; the `backstop` CLI reads and
+/// redrives through it.
+pub const RECORDS_SUBSCRIPTION: &str = "backstop-redrive";
+
 /// A topic's producer, created once.
 type ProducerCell = Arc<tokio::sync::OnceCell<Arc<dyn Producer>>>;
 
@@ -34,6 +39,8 @@ pub(crate) struct Inner {
     /// One producer per topic, shared by tasks, dead-letter and retry publishing; each cell
     /// is filled once at a time (concurrent first uses wait for one creation, never a storm).
     producers: std::sync::Mutex<BTreeMap<String, ProducerCell>>,
+    /// Record topics (DLQ, parking) already given their durable subscription.
+    retained: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The context: cheap to clone, shared by every task and consumer of a service.
@@ -172,6 +179,7 @@ impl BackstopBuilder {
                 abort_calls: tokio::sync::watch::Sender::new(false),
                 consumers: std::sync::Mutex::new(Vec::new()),
                 producers: std::sync::Mutex::new(BTreeMap::new()),
+                retained: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
         })
     }
@@ -314,6 +322,31 @@ impl Backstop {
             .is_some_and(|p| Arc::ptr_eq(p, failed))
         {
             cache.remove(topic);
+        }
+    }
+
+    /// Before the first record goes to the dead-letter or parking topic `topic`: asks the
+    /// broker to keep what is written there for [`RECORDS_SUBSCRIPTION`] (see
+    /// [`Broker::retain`]). Once per topic and context; a failure is logged (the publish goes
+    /// ahead: refusing it would leave the message unacked forever).
+    pub(crate) async fn retain_records(&self, topic: &str) {
+        if !self
+            .inner
+            .retained
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_string())
+        {
+            return;
+        }
+        let r = tokio::time::timeout(
+            self.inner.producer_timeout,
+            self.inner.broker.retain(topic, RECORDS_SUBSCRIPTION),
+        )
+        .await
+        .unwrap_or_else(|_| Err(BrokerError::timeout("creating the subscription timed out")));
+        if let Err(e) = r {
+            tracing::warn!(topic, subscription = RECORDS_SUBSCRIPTION, error = %e, "could not create the durable subscription of a record topic; without one (or a retention policy) the broker may delete its records");
         }
     }
 

@@ -633,6 +633,7 @@ impl<M: Send + 'static> Driver<M> {
                 let bs = self.bs.clone();
                 let done = done_tx.clone();
                 self.io.spawn(async move {
+                    bs.retain_records(&dlq_topic).await;
                     let r = publish_bounded(&bs, &dlq_topic, msg, "dead-letter").await;
                     let _ = done.send(Done::Dlq(key, r));
                 });

@@ -38,7 +38,9 @@ mod spec;
 mod task;
 mod task_cache;
 
-pub use backstop::{global, set_global, try_global, Backstop, BackstopBuilder, ShutdownReport};
+pub use backstop::{
+    global, set_global, try_global, Backstop, BackstopBuilder, ShutdownReport, RECORDS_SUBSCRIPTION,
+};
 pub use clock::Clock;
 #[cfg(feature = "protobuf")]
 pub use codec::Protobuf;

@@ -454,6 +454,7 @@ impl Task {
                         record = record.with_payload(p);
                     }
                     let msg = super::dlq_fit::fitted_message(record, None);
+                    self.bs.retain_records(&dlq_topic).await;
                     let r = self.send(&dlq_topic, msg).await;
                     let r = match r {
                         Ok(id) => {
