@@ -203,6 +203,17 @@ async fn run() -> Res<()> {
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     );
+    // for scripts/bench (no-op unless BACKSTOP_BENCH_JSON is set)
+    let metric = format!("{n} message backlog");
+    backstop_bench_report::record("pulsar memory", &metric, "consumer RSS max", "MiB", max);
+    backstop_bench_report::record("pulsar memory", &metric, "RSS 2nd half max", "MiB", hi);
+    backstop_bench_report::record(
+        "pulsar memory",
+        &metric,
+        "backstop drain",
+        "msg/s",
+        n as f64 / took.as_secs_f64(),
+    );
     Ok(())
 }
 

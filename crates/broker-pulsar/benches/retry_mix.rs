@@ -62,6 +62,14 @@ async fn run() {
             t.0 += messages;
             t.1 += elapsed;
             t.2 += runs;
+            // for scripts/bench (no-op unless BACKSTOP_BENCH_JSON is set)
+            backstop_bench_report::record(
+                "retries",
+                &format!("retry delay {} ms, 10 % failing once", retry.as_millis()),
+                s.as_str(),
+                "msg/s",
+                messages as f64 / elapsed.as_secs_f64(),
+            );
             println!(
                 "round {round} {:<12} {messages} messages in {elapsed:.2?}: {:.0} msg/s, {runs} runs",
                 s.as_str(),
