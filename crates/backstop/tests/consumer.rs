@@ -897,3 +897,81 @@ async fn transient_dlq_publish_failures_are_retried_in_place_then_nacked() {
     let report = handle.shutdown_within(Duration::from_secs(1)).await;
     assert_eq!(report.acked, 0, "{report:?}");
 }
+
+/// A broker that cannot take DLQ records is an outage the consumer's breaker sees: each DLQ
+/// publish that finally fails with Connection counts as a failure, so after five of them the
+/// breaker opens and the consumer pauses instead of cycling nack → redelivery → failed
+/// publish. Nothing is lost: the messages stay unacked, and once sends work again they are
+/// dead-lettered. Rejected publishes (a broker that is up) would not count.
+#[tokio::test(start_paused = true)]
+async fn dlq_publishes_failing_with_connection_open_the_breaker_and_nothing_is_lost() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_parallelism(5)
+        .max_retries(0)
+        .dlq_topic("in_dlq")
+        .nack_delay(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let r2 = runs.clone();
+    let handle = bs
+        .spawn_consumer(spec, move |_m: Msg| {
+            r2.fetch_add(1, Ordering::SeqCst);
+            // Invalid: not a kind the breaker counts, so only the DLQ publishes can open it.
+            async { Err(HandlerError::invalid("rejected")) }
+        })
+        .await
+        .unwrap();
+    publish(&mem, "in", 0..5).await;
+    // From now on every send (only the DLQ's) fails with a connection error.
+    mem.faults()
+        .fail_until_healed(backstop_mem::Op::Send, backstop::ErrorKind::Connection);
+    let state = |bs: &backstop::Backstop| {
+        let text = bs.metrics().render();
+        ["0", "1", "2"]
+            .into_iter()
+            .find(|s| {
+                text.contains(&format!(
+                    "circuit_breaker_state{{breaker=\"consumer:in/svc\"}} {s}"
+                ))
+            })
+            .map(str::to_owned)
+    };
+    until(Duration::from_secs(20), || {
+        state(&bs).as_deref() == Some("2")
+    })
+    .await;
+    assert_eq!(state(&bs).as_deref(), Some("2"), "the breaker is open");
+    let text = bs.metrics().render();
+    assert!(
+        text.contains("circuit_breaker_failures{breaker=\"consumer:in/svc\"} 5"),
+        "{text}"
+    );
+    assert!(text.contains("from=\"closed\",to=\"open\""), "{text}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        5,
+        "one run each, the budget holds"
+    );
+    // Open: the consumer is paused, nothing is acked and nothing reaches the DLQ.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(mem.topic_messages("in_dlq").is_empty());
+    let stats = mem.subscription_stats("in", "svc").unwrap();
+    assert_eq!((stats.acked, stats.backlog()), (0, 5), "{stats:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 5);
+    // The broker takes records again: after the recovery timeout every message is
+    // dead-lettered, none lost, and no handler ran again.
+    mem.faults().heal();
+    until(Duration::from_secs(120), || {
+        mem.topic_messages("in_dlq").len() >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(mem.topic_messages("in_dlq").len(), 5);
+    assert_eq!(mem.subscription_stats("in", "svc").unwrap().backlog(), 0);
+    assert_eq!(runs.load(Ordering::SeqCst), 5);
+    let report = handle.shutdown().await;
+    assert_eq!(report.dead_lettered, 5, "{report:?}");
+    assert!(report.breaker_transitions >= 2, "{report:?}");
+}

@@ -454,6 +454,29 @@ impl CircuitBreaker {
         }
     }
 
+    /// Reports a failure of `kind` seen outside an admitted call: a consumer's DLQ, parking or
+    /// retry-topic record publish that finally failed. It counts exactly as a failed call with a
+    /// current, non-probe permit would: a counted kind adds to the consecutive failures in closed
+    /// (opening at the threshold) and re-opens a half-open breaker; open, forced closed or an
+    /// uncounted kind change nothing. There is no matching success: a confirmed record never
+    /// resets or closes the breaker (only admitted calls do).
+    ///
+    /// ```
+    /// use backstop_engine::core::{BreakerConfig, BreakerState, CircuitBreaker, ErrorKind, Time};
+    /// let mut cb = CircuitBreaker::new(BreakerConfig::default());
+    /// for _ in 0..5 {
+    ///     cb.on_observed_failure(Time::ZERO, ErrorKind::Connection);
+    /// }
+    /// assert_eq!(cb.state(), BreakerState::Open);
+    /// ```
+    pub fn on_observed_failure(&mut self, now: Time, kind: ErrorKind) {
+        let permit = Permit {
+            generation: self.generation,
+            probe: false,
+        };
+        self.on_failure(now, permit, kind);
+    }
+
     /// Gives back a permit whose call never ran (e.g. cancelled by shutdown), so a probe slot is
     /// not held forever.
     pub fn release(&mut self, permit: Permit) {

@@ -480,7 +480,11 @@ pub struct Delivered {
 ///   default); when it opens the machine emits [`ConsumerAction::Pause`] and invokes nothing;
 ///   after the recovery timeout it is half-open and admits one probe; the probe's success closes
 ///   it ([`ConsumerAction::Resume`]), its failure re-opens it. Results of runs started before
-///   the breaker's last transition do not move the breaker (they still count for the message);
+///   the breaker's last transition do not move the breaker (they still count for the message).
+///   A DLQ, parking or retry-topic publish that finally fails with a transient kind
+///   ([`ErrorKind::is_transient`]) counts too, as a handler failure of that kind would (in
+///   half-open it re-opens the breaker); other publish failures and confirmed publishes never
+///   move it;
 /// - credit: deliveries held plus [`ConsumerAction::Request`] credit not yet used never exceed
 ///   `max_held`; while closed the machine keeps it topped up, while half-open it asks for one
 ///   delivery for the probe if nothing is ready, while open or shutting down it grants none;
@@ -840,19 +844,34 @@ impl ConsumerMachine {
     }
 
     /// The DLQ publish for `key` finished. On success the message is acked; on failure it is
-    /// nacked so the broker redelivers it. Returns `false` for a key not waiting on the DLQ.
+    /// nacked so the broker redelivers it, and a transient failure kind counts for the breaker
+    /// (see the type's contract). Returns `false` for a key not waiting on the DLQ.
     pub fn handle_dlq_result(
         &mut self,
         now: Time,
         key: Key,
         result: Result<(), ErrorKind>,
     ) -> bool {
-        let known = self.dlq_done(key, result);
+        // Up to date with `now` before the result counts (an expired open breaker is
+        // half-open), as for every other input.
+        self.breaker.handle_timeout(now);
+        let known = self.dlq_done(now, key, result);
         self.pump(now);
         known
     }
 
-    fn dlq_done(&mut self, key: Key, result: Result<(), ErrorKind>) -> bool {
+    /// A DLQ, parking or retry-topic publish that finally failed with `kind`: a transient kind
+    /// ([`ErrorKind::is_transient`], Connection and Timeout) is a broker outage and counts for
+    /// the breaker as a failed handler run of that kind would (subject to its counted set);
+    /// anything else (Rejected, Auth, Fatal, ...) says nothing about the broker's health and
+    /// does not count.
+    fn record_publish_failed(&mut self, now: Time, kind: ErrorKind) {
+        if kind.is_transient() {
+            self.breaker.on_observed_failure(now, kind);
+        }
+    }
+
+    fn dlq_done(&mut self, now: Time, key: Key, result: Result<(), ErrorKind>) -> bool {
         let Some(Stage::DlqPending(info)) = self.entries.get(key).map(|e| e.stage) else {
             return false;
         };
@@ -873,6 +892,7 @@ impl ConsumerMachine {
             Err(kind) => {
                 self.events
                     .push_back(ConsumerEvent::DeadLetterFailed { key, kind });
+                self.record_publish_failed(now, kind);
                 self.nack(key, NackReason::DeadLetterFailed);
             }
         }
@@ -881,13 +901,15 @@ impl ConsumerMachine {
 
     /// The retry-topic publish for `key` finished ([`RetryStrategy::Topic`]). On success the
     /// message is acked (its copy carries it on); on failure it is nacked so the broker
-    /// redelivers it. Returns `false` for a key not waiting on a retry publish.
+    /// redelivers it, and a transient failure kind counts for the breaker. Returns `false` for a
+    /// key not waiting on a retry publish.
     pub fn handle_retry_result(
         &mut self,
         now: Time,
         key: Key,
         result: Result<(), ErrorKind>,
     ) -> bool {
+        self.breaker.handle_timeout(now);
         let known = matches!(
             self.entries.get(key).map(|e| e.stage),
             Some(Stage::RetryPending)
@@ -901,6 +923,7 @@ impl ConsumerMachine {
                 Err(kind) => {
                     self.events
                         .push_back(ConsumerEvent::RetryPublishFailed { key, kind });
+                    self.record_publish_failed(now, kind);
                     self.nack(key, NackReason::RetryFailed);
                 }
             }
@@ -2317,5 +2340,164 @@ mod tests {
             .retry_strategy(RetryStrategy::Nack)
             .build()
             .is_err());
+    }
+
+    fn dlq_breaker_cfg() -> ConsumerConfig {
+        ConsumerConfig::builder()
+            .max_parallelism(5)
+            .max_held(20)
+            .retry(retry(10, Duration::from_secs(5)))
+            .dead_letter(true)
+            .build()
+            .unwrap()
+    }
+
+    /// `n` undecodable deliveries, each waiting on its DLQ publish.
+    fn poisoned(h: &mut H, n: usize) -> Vec<Key> {
+        (0..n)
+            .map(|_| {
+                let (k, a) = h.poison(secs(0));
+                assert!(matches!(a[..], [PublishDlq { key, .. }, ..] if key == k));
+                k
+            })
+            .collect()
+    }
+
+    fn dlq_result(h: &mut H, now: Time, k: Key, r: Result<(), ErrorKind>) -> Vec<ConsumerAction> {
+        assert!(
+            h.m.handle_dlq_result(now, k, r),
+            "DLQ result for {k} accepted"
+        );
+        h.drain()
+    }
+
+    #[test]
+    fn transient_dlq_publish_failures_open_the_breaker_and_pause() {
+        let (mut h, _) = H::new(dlq_breaker_cfg());
+        let keys = poisoned(&mut h, 5);
+        for (i, k) in keys.iter().enumerate() {
+            let kind = if i % 2 == 0 {
+                ErrorKind::Connection
+            } else {
+                ErrorKind::Timeout
+            };
+            let a = dlq_result(&mut h, secs(1), *k, Err(kind));
+            assert!(a.contains(&Nack {
+                key: *k,
+                reason: NackReason::DeadLetterFailed
+            }));
+            if i < 4 {
+                assert!(!a.contains(&Pause), "{i}");
+                assert_eq!(h.m.breaker_failures(), i as u32 + 1);
+            } else {
+                assert!(a.contains(&Pause), "{a:?}");
+                assert_eq!(
+                    h.transitions(),
+                    vec![(BreakerState::Closed, BreakerState::Open)]
+                );
+            }
+        }
+        assert_eq!(h.m.breaker_state(), BreakerState::Open);
+        assert!(h.m.is_paused());
+    }
+
+    #[test]
+    fn non_transient_dlq_publish_failures_do_not_move_the_breaker() {
+        for kind in [
+            ErrorKind::Rejected,
+            ErrorKind::Auth,
+            ErrorKind::Fatal,
+            ErrorKind::Handler,
+        ] {
+            let (mut h, _) = H::new(dlq_breaker_cfg());
+            for k in poisoned(&mut h, 6) {
+                let a = dlq_result(&mut h, secs(1), k, Err(kind));
+                assert!(!a.contains(&Pause), "{kind}");
+            }
+            assert_eq!(h.m.breaker_state(), BreakerState::Closed, "{kind}");
+            assert_eq!(h.m.breaker_failures(), 0, "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_confirmed_dlq_publish_neither_resets_nor_closes_the_breaker() {
+        let (mut h, _) = H::new(dlq_breaker_cfg());
+        let keys = poisoned(&mut h, 5);
+        for k in &keys[..3] {
+            dlq_result(&mut h, secs(1), *k, Err(ErrorKind::Connection));
+        }
+        let a = dlq_result(&mut h, secs(1), keys[3], Ok(()));
+        assert!(a.contains(&Ack { key: keys[3] }));
+        assert_eq!(
+            h.m.breaker_failures(),
+            3,
+            "a record is not a handler success"
+        );
+        // A handler success does reset.
+        let (k, _) = h.deliver(secs(1));
+        h.finish(secs(1), k, Ok(()));
+        assert_eq!(h.m.breaker_failures(), 0);
+    }
+
+    #[test]
+    fn a_transient_dlq_publish_failure_in_half_open_reopens_the_breaker() {
+        let (mut h, _) = H::new(dlq_breaker_cfg());
+        let keys = poisoned(&mut h, 6);
+        for k in &keys[..5] {
+            dlq_result(&mut h, secs(1), *k, Err(ErrorKind::Timeout));
+        }
+        assert_eq!(h.m.breaker_state(), BreakerState::Open);
+        h.transitions();
+        // The recovery timeout (30 s) is over when the last publish fails: half-open, then
+        // re-opened by the failure, as a failed probe would.
+        let a = dlq_result(&mut h, secs(31), keys[5], Err(ErrorKind::Connection));
+        assert!(!a.contains(&Resume));
+        assert_eq!(
+            h.transitions(),
+            vec![
+                (BreakerState::Open, BreakerState::HalfOpen),
+                (BreakerState::HalfOpen, BreakerState::Open)
+            ]
+        );
+        assert_eq!(h.m.breaker_state(), BreakerState::Open);
+        assert!(h.m.is_paused());
+    }
+
+    #[test]
+    fn transient_retry_topic_publish_failures_open_the_breaker() {
+        let c = ConsumerConfig::builder()
+            .max_parallelism(5)
+            .max_held(20)
+            .retry(retry(10, Duration::from_secs(5)))
+            .retry_strategy(RetryStrategy::Topic)
+            .build()
+            .unwrap();
+        for (kind, opens) in [(ErrorKind::Timeout, true), (ErrorKind::Rejected, false)] {
+            let (mut h, _) = H::new(c);
+            let keys: Vec<Key> = (0..5).map(|_| h.deliver(secs(0)).0).collect();
+            for k in &keys {
+                // Handler failures are not counted: only the publishes can open it.
+                let a = h.finish(secs(1), *k, Err(ErrorKind::Handler));
+                assert!(matches!(a[0], PublishRetry { key, .. } if key == *k));
+            }
+            assert_eq!(h.m.breaker_failures(), 0);
+            let mut paused = false;
+            for k in &keys {
+                assert!(h.m.handle_retry_result(secs(2), *k, Err(kind)));
+                let a = h.drain();
+                assert!(a.contains(&Nack {
+                    key: *k,
+                    reason: NackReason::RetryFailed
+                }));
+                paused |= a.contains(&Pause);
+            }
+            assert_eq!(paused, opens, "{kind}");
+            let state = if opens {
+                BreakerState::Open
+            } else {
+                BreakerState::Closed
+            };
+            assert_eq!(h.m.breaker_state(), state, "{kind}");
+        }
     }
 }

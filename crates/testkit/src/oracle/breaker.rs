@@ -149,6 +149,22 @@ impl BreakerModel {
         }
     }
 
+    /// A consumer's DLQ, parking or retry-topic record publish finally failed with `kind`. The
+    /// rule: only a transient kind (Connection, Timeout — [`ErrorKind::is_transient`]) is a
+    /// broker outage, and it counts as a failed call of the current epoch that is not a probe
+    /// (subject to the counted set, like any failure). Nothing else, and no confirmed record,
+    /// moves the breaker.
+    pub fn record_failed(&mut self, now: Time, kind: ErrorKind) {
+        if !kind.is_transient() {
+            return;
+        }
+        let ticket = Ticket {
+            epoch: self.epoch,
+            probe: false,
+        };
+        self.result(now, ticket, Err(kind));
+    }
+
     /// The call behind `ticket` never ran to a result: free its probe slot.
     pub fn release(&mut self, ticket: Ticket) {
         if ticket.epoch == self.epoch && ticket.probe && self.state == BreakerState::HalfOpen {

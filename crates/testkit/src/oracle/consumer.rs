@@ -495,9 +495,12 @@ impl ConsumerOracle {
                 m.why = "its DLQ publish was confirmed";
                 self.stats.dlq_confirmed += 1;
             }
-            Err(_) => {
+            Err(kind) => {
                 m.expect = Expect::Nack(NackReason::DeadLetterFailed);
                 m.why = "its DLQ publish failed";
+                if accepted {
+                    self.breaker.record_failed(now, kind);
+                }
             }
         }
         if !accepted {
@@ -542,9 +545,12 @@ impl ConsumerOracle {
                 m.expect = Expect::Ack;
                 m.why = "its retry-topic copy was confirmed";
             }
-            Err(_) => {
+            Err(kind) => {
                 m.expect = Expect::Nack(NackReason::RetryFailed);
                 m.why = "its retry-topic publish failed";
+                if accepted {
+                    self.breaker.record_failed(now, kind);
+                }
             }
         }
         if !accepted {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use backstop_engine::core::{
-    BreakerConfig, ConsumerConfig, ErrorKind, ProducerConfig, RetryPolicy, RetryStrategy,
+    BreakerConfig, ConsumerConfig, ErrorKind, KindSet, ProducerConfig, RetryPolicy, RetryStrategy,
 };
 use backstop_testkit::replay::{ConsumerOp, ProducerOp};
 use proptest::prelude::*;
@@ -55,7 +55,7 @@ pub fn consumer_config() -> impl Strategy<Value = ConsumerConfig> {
         1u32..=4,
         0u32..=6,
         retry_policy(),
-        breaker_config(),
+        consumer_breaker_config(),
         any::<bool>(),
         prop::sample::select(vec![
             RetryStrategy::InProcess,
@@ -90,21 +90,50 @@ pub fn producer_config() -> impl Strategy<Value = ProducerConfig> {
     })
 }
 
+/// How a DLQ, parking or retry-topic publish fails: mostly a transient kind (which the consumer's
+/// breaker counts), sometimes one it must not count.
+pub fn record_failure() -> impl Strategy<Value = ErrorKind> {
+    prop::sample::select(vec![
+        ErrorKind::Connection,
+        ErrorKind::Connection,
+        ErrorKind::Timeout,
+        ErrorKind::Rejected,
+        ErrorKind::Auth,
+    ])
+}
+
+/// A consumer's breaker: sometimes it also counts Rejected, so a rejected DLQ or retry-topic
+/// publish (never counted: only transient record failures are) is told apart by the oracle.
+fn consumer_breaker_config() -> impl Strategy<Value = BreakerConfig> {
+    (breaker_config(), prop::bool::weighted(0.3)).prop_map(|(b, rejected)| {
+        if !rejected {
+            return b;
+        }
+        BreakerConfig::builder()
+            .failure_threshold(b.failure_threshold())
+            .recovery_timeout(b.recovery_timeout())
+            .half_open_probes(b.half_open_probes())
+            .counted(KindSet::TRANSIENT.with(ErrorKind::Rejected))
+            .build()
+            .expect("valid breaker")
+    })
+}
+
 pub fn consumer_op() -> impl Strategy<Value = ConsumerOp> {
     prop_oneof![
         4 => prop::bool::weighted(0.1).prop_map(|poison| ConsumerOp::Deliver { poison }),
         3 => (prop::bool::weighted(0.05), any::<u8>())
             .prop_map(|(poison, key)| ConsumerOp::DeliverKeyed { poison, key }),
         6 => (any::<u8>(), result()).prop_map(|(pick, result)| ConsumerOp::Finish { pick, result }),
-        2 => (any::<u8>(), prop::bool::weighted(0.7))
-            .prop_map(|(pick, ok)| ConsumerOp::DlqResult {
+        2 => (any::<u8>(), prop::bool::weighted(0.7), record_failure())
+            .prop_map(|(pick, ok, kind)| ConsumerOp::DlqResult {
                 pick,
-                result: if ok { Ok(()) } else { Err(ErrorKind::Connection) },
+                result: if ok { Ok(()) } else { Err(kind) },
             }),
-        1 => (any::<u8>(), prop::bool::weighted(0.7))
-            .prop_map(|(pick, ok)| ConsumerOp::RetryResult {
+        1 => (any::<u8>(), prop::bool::weighted(0.7), record_failure())
+            .prop_map(|(pick, ok, kind)| ConsumerOp::RetryResult {
                 pick,
-                result: if ok { Ok(()) } else { Err(ErrorKind::Timeout) },
+                result: if ok { Ok(()) } else { Err(kind) },
             }),
         1 => any::<u8>().prop_map(|pick| ConsumerOp::Late { pick }),
         2 => (any::<u8>(), prop::bool::weighted(0.05))
