@@ -40,7 +40,8 @@ pub(crate) struct Inner {
     /// is filled once at a time (concurrent first uses wait for one creation, never a storm).
     producers: std::sync::Mutex<BTreeMap<String, ProducerCell>>,
     /// Record topics (DLQ, parking) already given their durable subscription.
-    retained: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Concurrent first records wait for the one creation under way.
+    retained: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 /// The context: cheap to clone, shared by every task and consumer of a service.
@@ -179,7 +180,7 @@ impl BackstopBuilder {
                 abort_calls: tokio::sync::watch::Sender::new(false),
                 consumers: std::sync::Mutex::new(Vec::new()),
                 producers: std::sync::Mutex::new(BTreeMap::new()),
-                retained: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+                retained: std::sync::Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -232,11 +233,7 @@ impl Backstop {
     /// empty for the next use.
     pub async fn producer(&self, topic: &str) -> Result<Arc<dyn Producer>, BrokerError> {
         let cell = {
-            let mut cache = self
-                .inner
-                .producers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut cache = self.producer_cache();
             if let Some(p) = cache.get(topic).and_then(|c| c.get()) {
                 return Ok(p.clone());
             }
@@ -261,18 +258,14 @@ impl Backstop {
 
     /// Forgets a cached producer (after it failed), so the next use creates a fresh one.
     pub async fn drop_producer(&self, topic: &str) {
-        self.inner
-            .producers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(topic);
+        self.producer_cache().remove(topic);
     }
 
     /// Publishes `msg` to `topic` through the shared producer: the one path every publish of
     /// backstop takes (task calls, dead-letter records, retry copies). A send that takes longer
     /// than `timeout` fails as Timeout; on a transient (Connection, Timeout) or Fatal failure the
-    /// producer is replaced by the next send (once, however many sends failed on it). A confirmed send's latency is
-    /// observed as `pulsar_latency_seconds{operation="publish"}`.
+    /// producer is replaced by the next send (once, however many sends failed on it). A confirmed
+    /// send's latency is observed as `pulsar_latency_seconds{operation="publish"}`.
     ///
     /// ```
     /// # async fn demo(bs: backstop_engine::runtime::Backstop) -> Result<(), backstop_engine::broker::BrokerError> {
@@ -297,7 +290,7 @@ impl Backstop {
         };
         match &r {
             Err(e) if e.kind().is_transient() || e.kind() == ErrorKind::Fatal => {
-                self.drop_producer_if(topic, &producer).await;
+                self.drop_producer_if(topic, &producer);
             }
             Err(_) => {}
             Ok(_) => {
@@ -310,12 +303,8 @@ impl Backstop {
 
     /// Forgets the cached producer of `topic` only if it is still `failed`: many sends that
     /// failed on one producer replace it once, not once each (no producer-creation storm).
-    pub(crate) async fn drop_producer_if(&self, topic: &str, failed: &Arc<dyn Producer>) {
-        let mut cache = self
-            .inner
-            .producers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+    fn drop_producer_if(&self, topic: &str, failed: &Arc<dyn Producer>) {
+        let mut cache = self.producer_cache();
         if cache
             .get(topic)
             .and_then(|c| c.get())
@@ -325,29 +314,39 @@ impl Backstop {
         }
     }
 
+    fn producer_cache(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ProducerCell>> {
+        self.inner
+            .producers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Before the first record goes to the dead-letter or parking topic `topic`: asks the
     /// broker to keep what is written there for [`RECORDS_SUBSCRIPTION`] (see
-    /// [`Broker::retain`]). Once per topic and context; a failure is logged (the publish goes
-    /// ahead: refusing it would leave the message unacked forever).
+    /// [`Broker::retain`]). Once per topic and context (concurrent first records wait for it);
+    /// a failure is logged and the publish goes ahead (refusing it would leave the message
+    /// unacked forever).
     pub(crate) async fn retain_records(&self, topic: &str) {
-        if !self
+        let cell = self
             .inner
             .retained
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(topic.to_string())
-        {
-            return;
-        }
-        let r = tokio::time::timeout(
-            self.inner.producer_timeout,
-            self.inner.broker.retain(topic, RECORDS_SUBSCRIPTION),
-        )
-        .await
-        .unwrap_or_else(|_| Err(BrokerError::timeout("creating the subscription timed out")));
-        if let Err(e) = r {
-            tracing::warn!(topic, subscription = RECORDS_SUBSCRIPTION, error = %e, "could not create the durable subscription of a record topic; without one (or a retention policy) the broker may delete its records");
-        }
+            .entry(topic.to_string())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| async {
+            let r = tokio::time::timeout(
+                self.inner.producer_timeout,
+                self.inner.broker.retain(topic, RECORDS_SUBSCRIPTION),
+            )
+            .await
+            .unwrap_or_else(|_| Err(BrokerError::timeout("creating the subscription timed out")));
+            if let Err(e) = r {
+                tracing::warn!(topic, subscription = RECORDS_SUBSCRIPTION, error = %e, "could not create the durable subscription of a record topic; without one (or a retention policy) the broker may delete its records");
+            }
+        })
+        .await;
     }
 
     /// Counts a task call as under way until the guard drops.
