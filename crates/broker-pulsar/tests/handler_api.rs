@@ -7,35 +7,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backstop::broker::SubscriptionType;
 use backstop::{
-    Backstop, ConsumerSpec, Delivery, HandlerError, MessageOptions, Raw, Task, TaskError, TaskSpec,
-    Text,
+    ConsumerSpec, Delivery, HandlerError, MessageOptions, Raw, Task, TaskError, TaskSpec, Text,
 };
 use backstop_pulsar::PulsarMessageId;
 use common::*;
-
-fn context(broker: backstop_pulsar::PulsarBroker) -> Backstop {
-    Backstop::builder(Arc::new(broker))
-        .env_from(BTreeMap::new())
-        .build()
-        .expect("context")
-}
-
-async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Seen {

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,24 +15,6 @@ use backstop::{
 };
 use backstop_pulsar::PulsarMessageId;
 use common::*;
-
-fn context(broker: backstop_pulsar::PulsarBroker) -> Backstop {
-    Backstop::builder(Arc::new(broker))
-        .env_from(BTreeMap::new())
-        .build()
-        .expect("context")
-}
-
-async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn publish(bs: &Backstop, topic: &str, n: i64) -> backstop::broker::MessageId {
     let task = Task::new(bs, TaskSpec::new(topic).build().unwrap()).unwrap();

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backstop::{Backstop, ConsumerSpec, Delivery, HandlerError, RetryStrategy, Task, TaskSpec};
+use backstop::{ConsumerSpec, Delivery, HandlerError, RetryStrategy, Task, TaskSpec};
 use common::*;
 
 const CHILD_ENV: &str = "BP_RETRY_KILL_CHILD";
@@ -57,13 +57,6 @@ fn spec(topic: &str) -> ConsumerSpec {
         .dlq_topic(format!("{topic}-DLQ"))
         .build()
         .expect("spec")
-}
-
-fn context(broker: backstop_pulsar::PulsarBroker) -> Backstop {
-    Backstop::builder(Arc::new(broker))
-        .env_from(BTreeMap::new())
-        .build()
-        .expect("context")
 }
 
 /// The consumer that gets killed (and its successor).

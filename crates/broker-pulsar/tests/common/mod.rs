@@ -188,3 +188,23 @@ pub async fn bounded<F: std::future::Future<Output = ()>>(limit: Duration, f: F)
         .await
         .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"));
 }
+
+/// A backstop context over `broker`, ignoring the process environment.
+pub fn context(broker: PulsarBroker) -> backstop::Backstop {
+    backstop::Backstop::builder(std::sync::Arc::new(broker))
+        .env_from(std::collections::BTreeMap::new())
+        .build()
+        .expect("context")
+}
+
+/// Polls `cond` every 20 ms until it holds, failing the test after `limit`.
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
