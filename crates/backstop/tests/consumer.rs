@@ -744,6 +744,56 @@ async fn a_retry_in_the_retry_topic_survives_a_restart_with_its_budget() {
     assert_eq!((report.invoked, report.parked), (1, 1), "{report:?}");
 }
 
+/// With the retry-topic strategy and a single credit (`max_held` 1), the consumer still reads
+/// both topics: a retry copy is not stuck behind an idle main topic, nor the main topic behind
+/// an empty retry topic. (Found by the turmoil tier: two receivers each holding the only
+/// credit while waiting starved the other topic for good.)
+#[tokio::test(start_paused = true)]
+async fn with_one_credit_the_retry_topic_and_the_main_topic_both_flow() {
+    let (bs, mem) = common::context();
+    let spec = ConsumerSpec::new("in", "svc")
+        .max_parallelism(1)
+        .max_held(1)
+        .max_retries(2)
+        .retry_delay(Duration::from_secs(1))
+        .retry_strategy(backstop::RetryStrategy::Topic)
+        .build()
+        .unwrap();
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let r2 = runs.clone();
+    let consumer = bs
+        .spawn_consumer_with_delivery(spec, move |m: Msg, d: backstop::Delivery| {
+            r2.lock().unwrap().push((m.n, d.attempt()));
+            let fail = d.attempt() == 1;
+            async move {
+                if fail {
+                    Err(HandlerError::retryable("first run fails"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await
+        .unwrap();
+    for round in 0..3 {
+        publish(&mem, "in", [round]).await;
+        let r3 = runs.clone();
+        until(Duration::from_secs(30), move || {
+            r3.lock().unwrap().contains(&(round, 2))
+        })
+        .await;
+    }
+    let report = consumer.shutdown().await;
+    assert_eq!((report.invoked, report.retried), (6, 3), "{report:?}");
+    assert_eq!(mem.subscription_stats("in", "svc").unwrap().backlog(), 0);
+    assert_eq!(
+        mem.subscription_stats("in-svc-RETRY", "svc")
+            .unwrap()
+            .backlog(),
+        0
+    );
+}
+
 /// Per-key ordered retries (on by default for Exclusive subscriptions): while a message of key
 /// K waits for its retry, later messages of K are held; other keys flow.
 #[tokio::test(start_paused = true)]

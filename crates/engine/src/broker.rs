@@ -261,6 +261,10 @@ pub trait Producer: Send + Sync + 'static {
 #[async_trait]
 pub trait Subscription: Send + Sync + 'static {
     /// The next delivery; waits until one arrives.
+    ///
+    /// Must be cancel-safe: the runtime waits on the main and the retry topic's subscription
+    /// at once and drops the receive that loses the race, so dropping the future before it
+    /// completes must not lose a delivery (it stays with the subscription for the next call).
     async fn receive(&self) -> Result<ReceivedMessage, BrokerError>;
     /// Acknowledges a delivery: it will not be delivered again.
     async fn ack(&self, id: &MessageId) -> Result<(), BrokerError>;

@@ -385,25 +385,21 @@ impl<M: Send + 'static> Driver<M> {
             mpsc::channel::<(ReceivedMessage, bool)>(self.machine.config().max_held() as usize + 2);
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let (stop_rx_tx, stop_rx) = watch::channel(false);
-        let retry_receiver = self.retry_sub.clone().map(|rs| {
-            tokio::spawn(receive_loop(
-                rs,
-                true,
-                credit.clone(),
-                deliver_tx.clone(),
-                stop_rx.clone(),
-                self.bs.clone(),
-                self.spec.retry_topic_name().unwrap_or_default(),
-            ))
-        });
-        let receiver = tokio::spawn(receive_loop(
+        let mut sources = vec![Source::new(
             self.sub.clone(),
             false,
+            self.spec.topic.clone(),
+        )];
+        if let Some(rs) = self.retry_sub.clone() {
+            let topic = self.spec.retry_topic_name().unwrap_or_default();
+            sources.push(Source::new(rs, true, topic));
+        }
+        let receiver = tokio::spawn(receive_loop(
+            sources,
             credit.clone(),
             deliver_tx,
             stop_rx,
             self.bs.clone(),
-            self.spec.topic.clone(),
         ));
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         self.settle = Some(settle_tx);
@@ -482,9 +478,6 @@ impl<M: Send + 'static> Driver<M> {
         }
         let _ = stop_rx_tx.send(true);
         let _ = receiver.await;
-        if let Some(r) = retry_receiver {
-            let _ = r.await;
-        }
         while self.io.join_next().await.is_some() {}
         self.settle = None; // closes the channel: the acker finishes what is queued, then ends
         let _ = acker.await;
@@ -1038,47 +1031,106 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Pulls deliveries while the machine grants credit; backs off on broker errors.
-#[allow(clippy::too_many_arguments)]
-async fn receive_loop(
+/// One subscription the receiver reads: the consumed topic or its retry topic.
+struct Source {
     sub: Arc<dyn Subscription>,
     from_retry: bool,
+    topic: String,
+    /// After a receive error: no receive from this source before then.
+    resume: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+impl Source {
+    fn new(sub: Arc<dyn Subscription>, from_retry: bool, topic: String) -> Source {
+        Source {
+            sub,
+            from_retry,
+            topic,
+            resume: None,
+            backoff: RECEIVE_BACKOFF,
+        }
+    }
+
+    /// The next delivery, or never while the source is backing off (or absent).
+    async fn receive(
+        source: Option<&Source>,
+    ) -> Option<(Result<ReceivedMessage, BrokerError>, bool)> {
+        match source {
+            Some(s) if s.resume.is_none() => Some((s.sub.receive().await, s.from_retry)),
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+/// The first pause after a receive error (doubled per error, up to 5 s).
+const RECEIVE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Pulls deliveries while the machine grants credit, from the consumed topic and (with the
+/// retry-topic strategy) its retry topic; backs a source off on broker errors.
+///
+/// One credit is one delivery from *either* subscription: a receive waits on both at once and
+/// the loser is dropped (receives are cancel-safe). Two loops each holding a credit while they
+/// wait would starve one topic whenever the machine grants a single credit (`max_held` 1, or
+/// the last free slot): a retry copy would wait behind an idle main topic, or the main topic
+/// behind an empty retry topic. Which subscription is asked first alternates, so neither
+/// starves the other.
+async fn receive_loop(
+    sources: Vec<Source>,
     credit: Arc<Semaphore>,
     tx: mpsc::Sender<(ReceivedMessage, bool)>,
     mut stop: watch::Receiver<bool>,
     bs: Backstop,
-    topic: String,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut sources = sources;
+    let mut flip = false;
     loop {
         let permit = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return,
             p = credit.acquire() => match p { Ok(p) => p, Err(_) => return },
         };
-        let r = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => return,
-            r = sub.receive() => r,
-        };
-        match r {
-            Ok(msg) => {
-                permit.forget();
-                backoff = Duration::from_millis(100);
-                if tx.send((msg, from_retry)).await.is_err() {
-                    return;
+        loop {
+            flip = !flip;
+            let (first, second) = match (sources.first(), sources.get(1)) {
+                (a, Some(b)) if flip => (Some(b), a),
+                (a, b) => (a, b),
+            };
+            let resume = sources.iter().filter_map(|s| s.resume).min();
+            let got = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return,
+                Some(r) = Source::receive(first) => r,
+                Some(r) = Source::receive(second) => r,
+                _ = sleep_until_opt(resume) => {
+                    let now = tokio::time::Instant::now();
+                    for s in &mut sources {
+                        if s.resume.is_some_and(|t| t <= now) {
+                            s.resume = None;
+                        }
+                    }
+                    continue;
                 }
-            }
-            Err(e) => {
-                drop(permit);
-                bs.metrics().record_error(&topic, e.kind());
-                tracing::warn!(topic = %topic, error = %e, retry_in = ?backoff, "receive failed");
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(backoff) => {}
+            };
+            let source = sources
+                .iter_mut()
+                .find(|s| s.from_retry == got.1)
+                .expect("a delivery comes from one of the sources");
+            match got.0 {
+                Ok(msg) => {
+                    permit.forget();
+                    source.backoff = RECEIVE_BACKOFF;
+                    if tx.send((msg, got.1)).await.is_err() {
+                        return;
+                    }
+                    break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                Err(e) => {
+                    bs.metrics().record_error(&source.topic, e.kind());
+                    tracing::warn!(topic = %source.topic, error = %e, retry_in = ?source.backoff, "receive failed");
+                    source.resume = Some(tokio::time::Instant::now() + source.backoff);
+                    source.backoff = (source.backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }
