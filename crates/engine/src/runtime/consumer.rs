@@ -599,7 +599,8 @@ impl<M: Send + 'static> Driver<M> {
                         abort.abort();
                     }
                     tracing::info!(topic = %self.topic, message_id = %slot.msg.id, reason = ?reason, runs = slot.runs, "nack");
-                    self.memory.remember(slot.msg.id.clone(), slot.runs);
+                    self.memory
+                        .remember(slot.msg.id.clone(), slot.runs, slot.msg.redelivery_count);
                     if let Some(tx) = &self.settle {
                         let _ = tx.send(Settle::Nack(slot.msg.id.clone(), slot.from_retry));
                     }
@@ -801,7 +802,8 @@ const RUN_MEMORY: usize = 65_536;
 /// count, see [`prior_runs`]).
 #[derive(Debug)]
 struct RunMemory {
-    runs: std::collections::HashMap<crate::broker::MessageId, u32>,
+    /// Message id → (runs when this consumer nacked it, its redelivery count then).
+    runs: std::collections::HashMap<crate::broker::MessageId, Remembered>,
     order: std::collections::VecDeque<crate::broker::MessageId>,
     cap: usize,
 }
@@ -815,8 +817,12 @@ impl RunMemory {
         }
     }
 
-    fn remember(&mut self, id: crate::broker::MessageId, runs: u32) {
-        if self.runs.insert(id.clone(), runs).is_none() {
+    fn remember(&mut self, id: crate::broker::MessageId, runs: u32, redelivery_count: u32) {
+        let r = Remembered {
+            runs,
+            redelivery_count,
+        };
+        if self.runs.insert(id.clone(), r).is_none() {
             self.order.push_back(id);
             while self.runs.len() > self.cap {
                 let Some(old) = self.order.pop_front() else {
@@ -833,9 +839,18 @@ impl RunMemory {
         }
     }
 
-    fn get(&self, id: &crate::broker::MessageId) -> Option<u32> {
+    fn get(&self, id: &crate::broker::MessageId) -> Option<Remembered> {
         self.runs.get(id).copied()
     }
+}
+
+/// What a consumer knows of a message it nacked.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct Remembered {
+    /// Handler runs of it before the nack.
+    runs: u32,
+    /// The broker's redelivery count of the delivery it nacked.
+    redelivery_count: u32,
 }
 
 /// Handler runs of `msg` before this delivery that backstop can know about (docs/retries.md):
@@ -845,11 +860,19 @@ impl RunMemory {
 /// - plus the runs of this message id this consumer remembers from nacking it; or, when it does
 ///   not remember it (another process, a restart, forgotten), the broker's redelivery count,
 ///   capped at `max_retries`: a redelivery does not prove the handler ran (a shutdown nack, a
-///   crash before the run), so the broker's count alone never spends the last run.
+///   crash before the run), so the broker's count alone never spends the last run;
+/// - when it remembers it but the broker delivered it elsewhere meanwhile (a Shared
+///   subscription: the redelivery count rose by more than this consumer's own nack), each of
+///   those deliveries counts as a run, under the same cap, so consumers taking turns on one
+///   message cannot each spend a fresh budget.
 fn prior_runs(msg: &ReceivedMessage, topic: &str, memory: &RunMemory, max_retries: u32) -> u32 {
     let copies = reconsume_times(msg, topic);
     match memory.get(&msg.id) {
-        Some(runs) => runs.max(copies),
+        Some(r) => {
+            let elsewhere = msg.redelivery_count.saturating_sub(r.redelivery_count + 1);
+            let runs = r.runs + elsewhere.min(max_retries.saturating_sub(r.runs));
+            runs.max(copies)
+        }
         None => copies.saturating_add(msg.redelivery_count.min(max_retries)),
     }
 }
@@ -1164,16 +1187,43 @@ mod budget_tests {
         assert_eq!(prior_runs(&msg(1, 2, &[]), "in", &mem, 3), 2);
         assert_eq!(prior_runs(&msg(1, 9, &[]), "in", &mem, 3), 3);
         // Remembered: exact, also 0 for a message nacked before it ran.
-        mem.remember(MessageId(vec![1]), 4);
-        mem.remember(MessageId(vec![2]), 0);
+        mem.remember(MessageId(vec![1]), 4, 0);
+        mem.remember(MessageId(vec![2]), 0, 0);
         assert_eq!(prior_runs(&msg(1, 1, &[]), "in", &mem, 3), 4);
         assert_eq!(prior_runs(&msg(2, 1, &[]), "in", &mem, 3), 0);
         // Bounded: the oldest is forgotten first; an ack forgets.
-        mem.remember(MessageId(vec![3]), 1);
-        assert_eq!(mem.get(&MessageId(vec![1])), None);
+        mem.remember(MessageId(vec![3]), 1, 0);
+        assert_eq!(mem.get(&MessageId(vec![1])).map(|r| r.runs), None);
         mem.forget(&MessageId(vec![3]));
         assert_eq!(mem.get(&MessageId(vec![3])), None);
-        assert_eq!(mem.get(&MessageId(vec![2])), Some(0));
+        assert_eq!(mem.get(&MessageId(vec![2])).map(|r| r.runs), Some(0));
+    }
+
+    /// Found by the turmoil tier (nack strategy, two services on a Shared subscription): a
+    /// consumer that nacked a message after one run, and gets it back after another consumer
+    /// ran it too, counts that run; it never spends more than the cap on deliveries it did not
+    /// see, and its own exact count still wins when higher.
+    #[test]
+    fn prior_runs_count_the_deliveries_made_elsewhere_since_this_consumers_nack() {
+        let mut mem = RunMemory::new(4);
+        mem.remember(MessageId(vec![1]), 1, 0); // ran once here, nacked at count 0
+        assert_eq!(
+            prior_runs(&msg(1, 1, &[]), "in", &mem, 2),
+            1,
+            "straight back"
+        );
+        assert_eq!(
+            prior_runs(&msg(1, 2, &[]), "in", &mem, 2),
+            2,
+            "one run elsewhere"
+        );
+        assert_eq!(
+            prior_runs(&msg(1, 9, &[]), "in", &mem, 2),
+            2,
+            "capped: one run left"
+        );
+        mem.remember(MessageId(vec![2]), 3, 0); // spent here
+        assert_eq!(prior_runs(&msg(2, 5, &[]), "in", &mem, 2), 3);
     }
 
     #[test]
