@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use backstop_engine::core::{BreakerConfig, ConsumerConfig, ErrorKind, RetryPolicy};
+use backstop_engine::core::{BreakerConfig, ConsumerConfig, ErrorKind, RetryPolicy, RetryStrategy};
 use backstop_mem::Op;
 
 use crate::rng::SimRng;
@@ -75,6 +75,22 @@ pub struct Knobs {
 }
 
 impl Knobs {
+    /// Whether every handler outcome (ack, nack, retry copy, DLQ record) that a live consumer
+    /// sends reaches the broker: no network or broker fault is on (a service crash may still
+    /// kill runs, which the ledger counts). Only then is the attempt budget exact, so the
+    /// ledger checks it; otherwise lost outcomes cause duplicate runs, counted, not failures.
+    pub fn outcomes_reach_broker(&self) -> bool {
+        !(self.partitions
+            || self.holds
+            || self.latency
+            || self.broker_host_crash
+            || self.broker_restart
+            || self.broker_op_failures
+            || self.broker_latency
+            || self.broker_offline
+            || self.drop_connections)
+    }
+
     /// Every knob on.
     pub fn all() -> Knobs {
         Knobs {
@@ -358,6 +374,10 @@ pub struct ConsumerSettings {
     pub nack_delay_ms: u32,
     /// Shortest and longest normal handler run, ms.
     pub handler_ms: (u32, u32),
+    /// Where failed messages wait for their next attempt (docs/retries.md). Under
+    /// [`RetryStrategy::Topic`] the copies wait in
+    /// [`RETRY_TOPIC`](crate::ledger::RETRY_TOPIC), so a service crash loses no pending retry.
+    pub strategy: RetryStrategy,
 }
 
 impl ConsumerSettings {
@@ -368,6 +388,7 @@ impl ConsumerSettings {
             .max_held(self.max_held)
             .retry(self.retry)
             .breaker(self.breaker)
+            .retry_strategy(self.strategy)
             // Without a DLQ the runtime parks failed messages: the machine publishes either way.
             .dead_letter(true)
             .build()
@@ -467,9 +488,19 @@ impl Scenario {
             dlq: rng.chance(80),
             nack_delay_ms: rng.range(0, 1000) as u32,
             handler_ms: (rng.range(1, 20) as u32, rng.range(20, 150) as u32),
+            strategy: RetryStrategy::InProcess,
         };
         let mut consumer = consumer;
+        // Drawn from a stream of its own, so the rest of a seed's scenario stays as it was.
+        let mut srng = root.fork(4);
+        consumer.strategy = match srng.range(0, 4) {
+            0 | 1 => RetryStrategy::InProcess,
+            2 => RetryStrategy::Topic,
+            _ => RetryStrategy::Nack,
+        };
         if knobs.broker_host_crash {
+            // Nack and retry-topic retries wait at the broker as tokio deadlines (below).
+            consumer.strategy = RetryStrategy::InProcess;
             // The in-memory broker keeps nack-delay deadlines as tokio `Instant`s of the broker
             // host's runtime; a restarted host gets a new runtime whose paused clock starts from
             // the real clock, so old deadlines would fall due after a real-time-dependent
@@ -735,7 +766,7 @@ impl fmt::Display for Scenario {
         let c = &self.consumer;
         writeln!(
             f,
-            "  consumer: max_parallelism {} max_held {} max_retries {} delay {:?} dlq {} breaker {}x/{:?} nack delay {} ms",
+            "  consumer: max_parallelism {} max_held {} max_retries {} delay {:?} dlq {} breaker {}x/{:?} nack delay {} ms retry strategy {}",
             c.max_parallelism,
             c.max_held,
             c.retry.max_retries(),
@@ -743,7 +774,8 @@ impl fmt::Display for Scenario {
             c.dlq,
             c.breaker.failure_threshold(),
             c.breaker.recovery_timeout(),
-            c.nack_delay_ms
+            c.nack_delay_ms,
+            c.strategy.as_str()
         )?;
         let t = &self.task;
         writeln!(

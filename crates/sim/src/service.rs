@@ -71,6 +71,7 @@ async fn handle(world: SharedWorld, msg: Msg) -> Result<(), HandlerError> {
         w.downstream.decide(msg.id, run)
     };
     tokio::time::sleep(delay).await;
+    lock(&world).ledger.handler_end(msg.id);
     match result {
         Ok(()) => {
             lock(&world).ledger.handler_success(msg.id);
@@ -169,6 +170,7 @@ pub async fn run_service(ctx: Arc<ServiceCtx>, host: u8) -> turmoil::Result {
         .max_held(c.max_held)
         .retry_policy(c.retry)
         .breaker(c.breaker)
+        .retry_strategy(c.strategy)
         .shutdown_grace(Duration::from_secs(5))
         .nack_delay(Duration::from_millis(u64::from(c.nack_delay_ms)));
     if c.dlq {

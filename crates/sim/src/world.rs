@@ -163,7 +163,11 @@ impl World {
             tasks: BTreeMap::new(),
             incarnation: vec![(0, None); usize::from(scenario.services)],
             broken: None,
-            ledger: Ledger::new(),
+            ledger: if scenario.knobs.outcomes_reach_broker() {
+                Ledger::with_budget(scenario.consumer.retry.max_retries() + 1)
+            } else {
+                Ledger::new()
+            },
             downstream: Downstream::new(plans, scenario.consumer.handler_ms, scenario.seed),
             probes: 0,
             calls: BTreeMap::new(),

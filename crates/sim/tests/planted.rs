@@ -76,3 +76,21 @@ fn breaker_no_reset_is_caught() {
 fn parallelism_off_by_one_is_caught() {
     caught(Bug::ParallelismOffByOne, &[Rule::Parallelism]);
 }
+
+#[test]
+fn ignore_prior_runs_is_caught() {
+    // With every redelivery starting a fresh budget, retry-topic copies (which carry the runs so
+    // far in `RECONSUMETIMES`) and nacked redeliveries get runs beyond `max_retries + 1`; the
+    // oracle (wrong attempt numbers) or the broker-side ledger (handler runs per payload over
+    // the budget; its own bite is shown by the ledger's unit tests) catches it.
+    let (seed, f) = first_failure(Tier::Turmoil, Bug::IgnorePriorRuns);
+    let sc = backstop_sim::scenario::Scenario::from_seed(seed, &Options::default());
+    println!(
+        "IgnorePriorRuns: seed {seed}, retry strategy {}",
+        sc.consumer.strategy.as_str()
+    );
+    assert!(
+        f.detail.contains("attempt budget") || f.rule.is_some(),
+        "caught for the wrong reason:\n{f}"
+    );
+}
