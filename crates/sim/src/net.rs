@@ -408,7 +408,7 @@ impl Run<'_> {
         s
     }
 
-    fn failure(&self, scenario_text: String) -> Box<Failure> {
+    fn failure(&self, scenario_text: String, lines: usize) -> Box<Failure> {
         let w = lock(&self.world);
         let b = w.broken.clone().expect("called on failure");
         Box::new(Failure {
@@ -417,7 +417,7 @@ impl Run<'_> {
             rule: b.violation.as_ref().map(|v| v.rule),
             detail: format!("{} (seen by {})", b.detail, b.who),
             at: b.sim,
-            trace_tail: w.trace.render_tail(REPORT_LINES),
+            trace_tail: w.trace.render_tail(lines.max(REPORT_LINES)),
             scenario: scenario_text,
             planted: None,
             duration_secs: None,
@@ -555,7 +555,7 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Outcome {
     }
 
     if lock(&run.world).broken.is_some() {
-        return Err(run.failure(scenario.to_string()));
+        return Err(run.failure(scenario.to_string(), opts.trace_lines));
     }
     let stats = run.stats();
     let mut w = lock(&run.world);

@@ -91,6 +91,26 @@ impl Knobs {
             || self.drop_connections)
     }
 
+    /// Services crash and restart while handlers fail and retries wait; no network or broker
+    /// fault (so [`outcomes_reach_broker`](Knobs::outcomes_reach_broker) holds). The other
+    /// handler-side knobs keep their draw.
+    pub fn crash_mid_retry(self) -> Knobs {
+        Knobs {
+            partitions: false,
+            holds: false,
+            latency: false,
+            broker_host_crash: false,
+            broker_restart: false,
+            broker_op_failures: false,
+            broker_latency: false,
+            broker_offline: false,
+            drop_connections: false,
+            service_crash: true,
+            handler_errors: true,
+            ..self
+        }
+    }
+
     /// Every knob on.
     pub fn all() -> Knobs {
         Knobs {
@@ -477,7 +497,7 @@ impl Scenario {
         let duration_ms = u32::try_from(opts.duration.as_millis()).unwrap_or(u32::MAX);
         let heal_ms = duration_ms / 3 * 2;
         let stop_ms = duration_ms.saturating_sub(3_000).max(heal_ms + 1);
-        let knobs = Knobs::draw(&mut rng);
+        let mut knobs = Knobs::draw(&mut rng);
         let services = if rng.coin() { 2 } else { 1 };
         let max_parallelism = rng.range(1, 4) as u32;
         let consumer = ConsumerSettings {
@@ -498,6 +518,12 @@ impl Scenario {
             2 => RetryStrategy::Topic,
             _ => RetryStrategy::Nack,
         };
+        // A quarter of the durable-strategy seeds crash services mid-retry on a broker that
+        // loses nothing: service crashes and handler errors only, so every outcome a live
+        // consumer sends arrives and the ledger checks the attempt budget exactly.
+        if consumer.strategy != RetryStrategy::InProcess && srng.chance(25) {
+            knobs = knobs.crash_mid_retry();
+        }
         if knobs.broker_host_crash {
             // Nack and retry-topic retries wait at the broker as tokio deadlines (below).
             consumer.strategy = RetryStrategy::InProcess;

@@ -64,14 +64,13 @@ fn note(world: &SharedWorld, who: Who, text: String) {
         .push(sim_now(), who, None, What::Note(text));
 }
 
-async fn handle(world: SharedWorld, msg: Msg) -> Result<(), HandlerError> {
+async fn handle(world: SharedWorld, host: u8, msg: Msg) -> Result<(), HandlerError> {
     let (delay, result) = {
         let mut w = lock(&world);
-        let run = w.ledger.handler_run(msg.id);
+        let run = w.ledger.handler_run(msg.id, host);
         w.downstream.decide(msg.id, run)
     };
     tokio::time::sleep(delay).await;
-    lock(&world).ledger.handler_end(msg.id);
     match result {
         Ok(()) => {
             lock(&world).ledger.handler_success(msg.id);
@@ -178,7 +177,7 @@ pub async fn run_service(ctx: Arc<ServiceCtx>, host: u8) -> turmoil::Result {
     }
     let consumer = loop {
         let w = world.clone();
-        let handler = move |m: Msg| handle(w.clone(), m);
+        let handler = move |m: Msg| handle(w.clone(), host, m);
         match bs.spawn_consumer(spec.clone(), handler).await {
             Ok(h) => break h,
             Err(e) => {

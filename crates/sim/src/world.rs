@@ -210,6 +210,7 @@ impl World {
     /// Service `host` crashed: its current incarnation's oracle is flushed and retired (kept
     /// for the statistics, left out of the liveness checks).
     pub fn crashed(&mut self, host: u8) {
+        self.ledger.service_crashed(host);
         if let Some(inc) = self.incarnation[usize::from(host)].1.take() {
             self.flush_one(host, inc);
         }
