@@ -20,6 +20,7 @@
 //! let setup = ConsumerSetup {
 //!     parallelism: 1, held_extra: 0, retries: 2, delay_ms: 100, backoff: None, dlq: true,
 //!     breaker: BreakerSetup { threshold: 0, recovery_ms: 999, probes: 0, counted: 0 },
+//!     mode: 0,
 //! };
 //! let ops = vec![
 //!     ConsumerOp::Deliver { poison: false },
@@ -35,7 +36,7 @@
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
-use backstop_engine::core::{ConsumerConfig, RetryPolicy};
+use backstop_engine::core::{ConsumerConfig, RetryPolicy, RetryStrategy};
 use backstop_testkit::replay::{replay_consumer, ConsumerOp, ConsumerReport};
 
 use super::{clock_step, result, BreakerSetup, Failure};
@@ -69,9 +70,22 @@ pub struct ConsumerSetup {
     pub dlq: bool,
     /// The breaker.
     pub breaker: BreakerSetup,
+    /// Where retries wait and whether keys keep their order, `mode % 4`: 0 in process,
+    /// 1 in process with per-key order (`ordered`), 2 broker nacks, 3 a retry topic. The
+    /// budget is the same under each (docs/retries.md).
+    pub mode: u8,
 }
 
 impl ConsumerSetup {
+    /// The retry strategy `mode` selects.
+    pub fn strategy(&self) -> RetryStrategy {
+        match self.mode % 4 {
+            2 => RetryStrategy::Nack,
+            3 => RetryStrategy::Topic,
+            _ => RetryStrategy::InProcess,
+        }
+    }
+
     /// The validated config.
     pub fn config(&self) -> ConsumerConfig {
         let parallelism = 1 + u32::from(self.parallelism % 6);
@@ -101,18 +115,25 @@ impl ConsumerSetup {
             )
             .breaker(self.breaker.config())
             .dead_letter(self.dlq)
+            .retry_strategy(self.strategy())
+            .ordered(self.mode % 4 == 1)
             .build()
             .expect("the harness only draws valid consumer settings")
     }
 }
 
-/// One driver op from one selector byte plus its fields. Out of 256: deliveries 60 (one in
-/// eight poison), handler results 80, DLQ results 15, retry-topic results 10, clock steps 30, jumps to the next
+/// One driver op from one selector byte plus its fields. Out of 256: deliveries 45 and keyed
+/// deliveries 15 (one in eight poison; keys repeat, so an ordered consumer holds some behind
+/// their key's retrying head), handler results 80, DLQ results 15, retry-topic results 10, clock steps 30, jumps to the next
 /// wake-up 35, timeouts 10, late results 7, redeliveries 6, shutdown 3.
 pub fn op(u: &mut Unstructured<'_>) -> arbitrary::Result<ConsumerOp> {
     Ok(match u8::arbitrary(u)? {
-        0..=59 => ConsumerOp::Deliver {
+        0..=44 => ConsumerOp::Deliver {
             poison: u8::arbitrary(u)? < 32,
+        },
+        45..=59 => ConsumerOp::DeliverKeyed {
+            poison: u8::arbitrary(u)? < 32,
+            key: u.arbitrary()?,
         },
         60..=139 => ConsumerOp::Finish {
             pick: u.arbitrary()?,

@@ -213,6 +213,101 @@ fn consumer_generator_reaches_retries_dlq_breaker_and_late_results() {
     assert!(max_in_flight >= 3, "max in flight {max_in_flight}");
 }
 
+/// The generator draws every retry strategy and ordered consumers, and reaches what each adds:
+/// retry copies (retry topic), keyed deliveries and runs held behind their key (ordered).
+#[test]
+fn consumer_generator_reaches_every_strategy_and_ordered_keys() {
+    let mut modes = [0u64; 4];
+    let (mut copies, mut keyed, mut held) = (0, 0, 0);
+    for seed in 0..400 {
+        let Some(case) = harness::decode::<ConsumerCase>(&bytes(seed, 1200)) else {
+            continue;
+        };
+        let s = harness::consumer::run(&case)
+            .unwrap_or_else(|f| panic!("seed {seed}: {f}"))
+            .stats;
+        let mode = usize::from(case.setup.mode % 4);
+        modes[mode] += 1;
+        copies += s.retry_copies;
+        if mode == 1 {
+            keyed += s.keyed;
+            held += s.held_behind_key;
+        }
+    }
+    assert!(modes.iter().all(|n| *n > 0), "cases per mode {modes:?}");
+    assert!(
+        copies > 0 && keyed > 0 && held > 0,
+        "copies {copies}, keyed {keyed}, held {held}"
+    );
+}
+
+/// An ordered consumer: key 1's head fails and waits for its retry, the next key-1 message is
+/// held (not run) while a key-2 message runs; when the head succeeds, key 1 resumes.
+#[test]
+fn consumer_ordered_holds_a_key_behind_its_retrying_head() {
+    let mut setup = consumer_setup(3, 2, true);
+    setup.mode = 1;
+    let ops = vec![
+        ConsumerOp::DeliverKeyed {
+            poison: false,
+            key: 1,
+        },
+        ConsumerOp::Finish {
+            pick: 0,
+            result: Err(ErrorKind::Handler),
+        }, // the head waits 100 ms for its retry
+        ConsumerOp::DeliverKeyed {
+            poison: false,
+            key: 1,
+        }, // held behind it
+        ConsumerOp::DeliverKeyed {
+            poison: false,
+            key: 2,
+        }, // runs
+        ConsumerOp::Finish {
+            pick: 0,
+            result: Ok(()),
+        },
+        ConsumerOp::JumpToTimeout, // the head's retry runs
+        ConsumerOp::Finish {
+            pick: 0,
+            result: Ok(()),
+        }, // then key 1's second message
+        ConsumerOp::Finish {
+            pick: 0,
+            result: Ok(()),
+        },
+    ];
+    let s = harness::consumer::run(&ConsumerCase { setup, ops })
+        .unwrap()
+        .stats;
+    assert_eq!((s.keyed, s.acked, s.retried), (3, 3, 1));
+    assert!(s.held_behind_key >= 1, "{s:?}");
+}
+
+/// The retry-topic strategy: a failed run becomes a retry copy (acked once its publish is
+/// confirmed), with the same budget.
+#[test]
+fn consumer_retry_topic_publishes_a_copy_and_acks() {
+    let mut setup = consumer_setup(1, 2, true);
+    setup.mode = 3;
+    let ops = vec![
+        ConsumerOp::Deliver { poison: false },
+        ConsumerOp::Finish {
+            pick: 0,
+            result: Err(ErrorKind::Handler),
+        },
+        ConsumerOp::RetryResult {
+            pick: 0,
+            result: Ok(()),
+        },
+    ];
+    let s = harness::consumer::run(&ConsumerCase { setup, ops })
+        .unwrap()
+        .stats;
+    assert_eq!((s.retry_copies, s.acked, s.invoked), (1, 1, 1), "{s:?}");
+}
+
 #[test]
 fn producer_generator_reaches_refusals_dlq_and_cancels() {
     let mut seen = [0u64; 6];
@@ -319,6 +414,7 @@ fn consumer_setup(parallelism: u8, retries: u8, dlq: bool) -> ConsumerSetup {
             probes: 0,
             counted: 0,
         },
+        mode: 0,
     }
 }
 
