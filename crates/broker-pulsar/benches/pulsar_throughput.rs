@@ -30,9 +30,9 @@
 //!   and with its default batching).
 //! - consume, twice: from a topic pre-filled with `messages` messages without batching
 //!   (`consume unbatched`) and from one pre-filled by a batching producer (`consume batched`),
-//!   one subscription per contender: the bare crate (receive + ack loop); the adapter (`receive`
-//!   + `ack` loop); backstop (`spawn_consumer` with a no-op handler, `max_parallelism`
-//!   `parallelism`), until every message is acked.
+//!   one subscription per contender: the bare crate (receive + ack loop); the adapter
+//!   (`receive` + `ack` loop); backstop (`spawn_consumer` with a no-op handler,
+//!   `max_parallelism` `parallelism`), until every message is acked.
 //! - latency, one message at a time: publish (call → broker receipt) and end to end (call →
 //!   handler), p50 and p99: bare, adapter and backstop, and the bare crate without producer
 //!   batching (the baseline for what batching and backstop add together).
