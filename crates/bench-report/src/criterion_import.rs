@@ -45,7 +45,8 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ReportError
 }
 
 /// Elements per second of the benchmark `id` (`group/bench`, e.g. `consumer-cpu/lifecycle_ok`)
-/// as criterion last saved it under `criterion_dir`, as a sample of `suite` for `round`.
+/// as criterion last saved it under `criterion_dir`, as a sample of `suite` for `round`; the
+/// contender names the clock (`-cpu` groups: CPU time, others: wall clock).
 /// Criterion's time unit is nanoseconds, also for backstop's CPU-time measurement.
 pub fn elements_per_second(
     criterion_dir: &Path,
@@ -69,10 +70,15 @@ pub fn elements_per_second(
         return Err(ReportError::Invalid(format!("{id}: median time {ns} ns")));
     }
     let (group, name) = id.split_once('/').unwrap_or((id, id));
+    // the `-cpu` groups measure the benchmark thread's CPU time, the others wall-clock time
+    let (group, clock) = match group.strip_suffix("-cpu") {
+        Some(g) => (g, "CPU time"),
+        None => (group, "wall clock"),
+    };
     Ok(Sample::new(
         suite,
-        &format!("{} {name}", group.trim_end_matches("-cpu")),
-        "backstop core",
+        &format!("{group} {name}"),
+        &format!("backstop core ({clock})"),
         "elements/s",
         round,
         elements as f64 * 1e9 / ns,
@@ -101,6 +107,7 @@ mod tests {
         .unwrap();
         let s = elements_per_second(&root, "consumer-cpu/lifecycle_ok", "core", 3).unwrap();
         assert_eq!(s.metric, "consumer lifecycle_ok");
+        assert_eq!(s.contender, "backstop core (CPU time)");
         assert_eq!(s.round, 3);
         // 10,000 elements in 0.5 ms
         assert!((s.value - 2e7).abs() < 1e-3, "{}", s.value);

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod chart;
 mod tables;
+mod targets;
 
 #[derive(Parser)]
 #[command(about = "Benchmark results for docs/benchmarks.md (used by scripts/bench)")]

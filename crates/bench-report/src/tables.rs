@@ -14,7 +14,8 @@ const END: &str = "<!-- bench-report:end -->";
 /// The contender every comparison is about.
 const SUBJECT: &str = "backstop";
 
-fn number(v: f64) -> String {
+/// A figure for a table: `12.35 M`, `4081`, `21.2`, `0.37`.
+pub(crate) fn number(v: f64) -> String {
     let a = v.abs();
     if a >= 1e6 {
         format!("{:.2} M", v / 1e6)
@@ -37,9 +38,16 @@ fn suites(summaries: &[Summary]) -> Vec<String> {
     out
 }
 
+/// The contender name of a comparison of backstop with `other`: `backstop / other` for a
+/// ratio, `backstop minus other` for a difference.
+pub(crate) fn comparison_contender(difference: bool, other: &str) -> String {
+    let what = if difference { "minus" } else { "/" };
+    format!("{SUBJECT} {what} {other}")
+}
+
 /// backstop against each other contender of the same metric, round by round: a ratio for
 /// rates, a difference for latencies (unit `ms`).
-fn comparisons(samples: &[Sample], suite: &str) -> Vec<Summary> {
+pub(crate) fn comparisons(samples: &[Sample], suite: &str) -> Vec<Summary> {
     let mut by_round: BTreeMap<(String, u32), Vec<&Sample>> = BTreeMap::new();
     for s in samples.iter().filter(|s| s.suite == suite) {
         by_round
@@ -53,15 +61,16 @@ fn comparisons(samples: &[Sample], suite: &str) -> Vec<Summary> {
             continue;
         };
         for other in group.iter().filter(|s| s.contender != SUBJECT) {
-            let (what, unit, value) = if subject.unit == "ms" {
-                ("minus", "ms", subject.value - other.value)
+            let difference = subject.unit == "ms";
+            let (unit, value) = if difference {
+                ("ms", subject.value - other.value)
             } else {
-                ("/", "ratio", subject.value / other.value)
+                ("ratio", subject.value / other.value)
             };
             derived.push(Sample::new(
                 suite,
                 metric,
-                &format!("{SUBJECT} {what} {}", other.contender),
+                &comparison_contender(difference, &other.contender),
                 unit,
                 *round,
                 value,
@@ -93,6 +102,7 @@ pub fn section(
         "Median over rounds, with the smallest and largest round; comparisons are taken round by \
          round (same moment, same machine) and then summarized.\n"
     );
+    let _ = writeln!(out, "{}", crate::targets::table(samples));
     for suite in suites(summaries) {
         let _ = writeln!(out, "#### {suite}\n");
         let _ = writeln!(out, "| figure | contender | median | range | rounds |");

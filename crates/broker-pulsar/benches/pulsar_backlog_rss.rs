@@ -205,8 +205,16 @@ async fn run() -> Res<()> {
     );
     // for scripts/bench (no-op unless BACKSTOP_BENCH_JSON is set)
     let metric = format!("{n} message backlog");
-    backstop_bench_report::record("pulsar memory", &metric, "consumer RSS max", "MiB", max);
-    backstop_bench_report::record("pulsar memory", &metric, "RSS 2nd half max", "MiB", hi);
+    for (what, mib) in [
+        ("RSS before connect", baseline),
+        ("RSS connected", connected),
+        ("consumer RSS max", max),
+        ("RSS 2nd half min", lo),
+        ("RSS 2nd half max", hi),
+        ("RSS after shutdown", end),
+    ] {
+        backstop_bench_report::record("pulsar memory", &metric, what, "MiB", mib);
+    }
     backstop_bench_report::record(
         "pulsar memory",
         &metric,

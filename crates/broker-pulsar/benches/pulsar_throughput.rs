@@ -23,18 +23,19 @@
 //! `BENCH_BATCHING` (1: producer batching with the adapter's defaults, 1 ms / 1,000 messages /
 //! 128 KiB, for the adapter, backstop and the bare crate alike; 0: no batching for any).
 //!
-//! Contenders, all with the same batching settings and the same window (the consume part's
-//! topics are filled without batching):
+//! Contenders, all with the same batching settings and the same window:
 //! - produce: the bare crate (one producer, `send_non_blocking`, `window` receipts outstanding);
 //!   the adapter (`PulsarProducer::send` from `window` tasks); backstop (`Task::call` from
 //!   `window` tasks: body, JSON encoding, breaker, metrics, publish); pulsar-perf (`-db -o window`,
 //!   and with its default batching).
-//! - consume (a topic pre-filled with `messages` messages, one subscription per contender): the
-//!   bare crate (receive + ack loop); the adapter (`receive` + `ack` loop); backstop
-//!   (`spawn_consumer` with a no-op handler, `max_parallelism` `parallelism`), until every message
-//!   is acked.
+//! - consume, twice: from a topic pre-filled with `messages` messages without batching
+//!   (`consume unbatched`) and from one pre-filled by a batching producer (`consume batched`),
+//!   one subscription per contender: the bare crate (receive + ack loop); the adapter
+//!   (`receive` + `ack` loop); backstop (`spawn_consumer` with a no-op handler,
+//!   `max_parallelism` `parallelism`), until every message is acked.
 //! - latency, one message at a time: publish (call → broker receipt) and end to end (call →
-//!   handler), p50 and p99, bare vs backstop.
+//!   handler), p50 and p99: bare, adapter and backstop, and the bare crate without producer
+//!   batching (the baseline for what batching and backstop add together).
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -389,24 +390,32 @@ fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
 /// Latency samples of one contender, sorted.
 type Samples = Vec<Duration>;
 
-/// Sequential publishes (call → broker receipt): bare, adapter, backstop.
+/// The latency contenders: the bare crate, the adapter, backstop (all with the configured
+/// batching) and the bare crate without batching, the baseline of what batching adds.
+type Latencies = [Samples; 4];
+
+/// Sequential publishes (call → broker receipt): bare, adapter, backstop, bare unbatched.
 async fn publish_latency(
     client: &Pulsar<TokioExecutor>,
     broker: &PulsarBroker,
     bs: &Backstop,
     cfg: &Config,
-) -> Res<[Samples; 3]> {
+) -> Res<Latencies> {
     let topic = unique("lat-publish");
     let mut producer = bare_producer(client, &topic, cfg.batching).await?;
+    let mut unbatched = bare_producer(client, &format!("{topic}-unbatched"), false).await?;
     let payload = vec![b'x'; cfg.size];
     let adapter = broker.producer(&format!("{topic}-adapter")).await?;
     let task = Task::new(bs, TaskSpec::new(format!("{topic}-bs")).build()?)?;
     let body = json_body(cfg);
-    let mut out: [Samples; 3] = Default::default();
+    let mut out: Latencies = Default::default();
     for i in 0..=cfg.latency {
         let t = Instant::now();
         producer.send_non_blocking(payload.clone()).await?.await?;
         let bare = t.elapsed();
+        let t = Instant::now();
+        unbatched.send_non_blocking(payload.clone()).await?.await?;
+        let bare_unbatched = t.elapsed();
         let t = Instant::now();
         adapter.send(OutgoingMessage::new(payload.clone())).await?;
         let adapted = t.elapsed();
@@ -420,43 +429,59 @@ async fn publish_latency(
             out[0].push(bare);
             out[1].push(adapted);
             out[2].push(backstop);
+            out[3].push(bare_unbatched);
         }
     }
     producer.close().await?;
+    unbatched.close().await?;
     Ok(out.map(sorted))
 }
 
-/// Sequential end to end (publish start → the consumer has the message): the bare crate's
-/// producer and consumer, the adapter's producer and subscription, a backstop task and consumer.
-async fn e2e_latency(
+/// Sequential end to end with the bare crate's producer (`batching` or not) and consumer.
+async fn bare_e2e_latency(
     client: &Pulsar<TokioExecutor>,
-    broker: &PulsarBroker,
+    topic: &str,
+    batching: bool,
     cfg: &Config,
-) -> Res<[Samples; 3]> {
-    let topic = unique("lat-e2e");
+) -> Res<Samples> {
     let payload = vec![b'x'; cfg.size];
-    let mut out: [Samples; 3] = Default::default();
-
+    let mut out = Samples::new();
     let mut consumer: pulsar::Consumer<Vec<u8>, TokioExecutor> = client
         .consumer()
-        .with_topic(&topic)
+        .with_topic(topic)
         .with_subscription("bare")
         .with_subscription_type(SubType::Shared)
         .with_batch_size(cfg.prefetch)
         .build()
         .await?;
-    let mut producer = bare_producer(client, &topic, cfg.batching).await?;
+    let mut producer = bare_producer(client, topic, batching).await?;
     for i in 0..=cfg.latency {
         let t = Instant::now();
         producer.send_non_blocking(payload.clone()).await?.await?;
         let m = consumer.next().await.ok_or("stream ended")??;
         if i > 0 {
-            out[0].push(t.elapsed());
+            out.push(t.elapsed());
         }
         consumer.ack(&m).await?;
     }
     consumer.close().await?;
     producer.close().await?;
+    Ok(out)
+}
+
+/// Sequential end to end (publish start → the consumer has the message): the bare crate's
+/// producer and consumer, the adapter's producer and subscription, a backstop task and
+/// consumer, and the bare crate again without producer batching.
+async fn e2e_latency(
+    client: &Pulsar<TokioExecutor>,
+    broker: &PulsarBroker,
+    cfg: &Config,
+) -> Res<Latencies> {
+    let topic = unique("lat-e2e");
+    let payload = vec![b'x'; cfg.size];
+    let mut out: Latencies = Default::default();
+    out[0] = bare_e2e_latency(client, &topic, cfg.batching, cfg).await?;
+    out[3] = bare_e2e_latency(client, &format!("{topic}-unbatched"), false, cfg).await?;
 
     let adapter_topic = format!("{topic}-adapter");
     let sub = broker
@@ -600,10 +625,13 @@ fn per_message_us(cpu: Duration, n: usize) -> f64 {
     cpu.as_secs_f64() * 1e6 / n as f64
 }
 
+/// Consume rounds over topics pre-filled by the bare crate, with producer batching
+/// (`batched_fill`: the broker holds batches of up to 1,000 messages an entry) or without.
 async fn consume_rounds(
     client: &Pulsar<TokioExecutor>,
     broker: &PulsarBroker,
     cfg: &Config,
+    batched_fill: bool,
 ) -> Res<([f64; 3], [f64; 3])> {
     let mut times: [Vec<Duration>; 3] = Default::default();
     let mut cpu: [Vec<f64>; 3] = Default::default();
@@ -620,7 +648,7 @@ async fn consume_rounds(
         }
         let topic = format!("persistent://public/default/{name}");
         // JSON payloads, so that backstop's consumer decodes them (a JSON string of `size` bytes)
-        let mut producer = bare_producer(client, &topic, false).await?;
+        let mut producer = bare_producer(client, &topic, batched_fill).await?;
         let payload = serde_json::to_vec(json_body(cfg))?;
         let mut inflight = FuturesUnordered::new();
         for _ in 0..cfg.messages {
@@ -647,7 +675,8 @@ async fn consume_rounds(
         }
         let r = |who: usize| rate(cfg.messages, times[who][round]);
         println!(
-            "  consume round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s; client CPU {:.1} / {:.1} / {:.1} µs/msg",
+            "  consume ({} topic) round {round}: bare {:.0}  adapter {:.0}  backstop {:.0} msg/s; client CPU {:.1} / {:.1} / {:.1} µs/msg",
+            if batched_fill { "batched" } else { "unbatched" },
             r(0), r(1), r(2), cpu[0][round], cpu[1][round], cpu[2][round]
         );
     }
@@ -709,7 +738,10 @@ async fn run(cfg: Config) -> Res<()> {
         None
     };
     let consume = if cfg.wants("consume") {
-        Some(consume_rounds(&client, &broker, &cfg).await?)
+        Some((
+            consume_rounds(&client, &broker, &cfg, false).await?,
+            consume_rounds(&client, &broker, &cfg, true).await?,
+        ))
     } else {
         None
     };
@@ -751,31 +783,35 @@ async fn run(cfg: Config) -> Res<()> {
             cs / cb
         );
     }
-    if let Some(([b, a, s], [cb, ca, cs])) = consume {
-        println!(
-            "| consume, msg/s (prefetch {}, backstop max_parallelism {}) | {b:.0} | {a:.0} | {s:.0} | {:.2} |",
-            cfg.prefetch,
-            cfg.parallelism,
-            s / b
-        );
-        println!(
-            "| consume, client CPU µs/msg | {cb:.1} | {ca:.1} | {cs:.1} | {:.2} |",
-            cs / cb
-        );
+    if let Some((unbatched, batched)) = consume {
+        for (fill, ([b, a, s], [cb, ca, cs])) in [("unbatched", unbatched), ("batched", batched)] {
+            println!(
+                "| consume {fill} topic, msg/s (prefetch {}, backstop max_parallelism {}) | {b:.0} | {a:.0} | {s:.0} | {:.2} |",
+                cfg.prefetch,
+                cfg.parallelism,
+                s / b
+            );
+            println!(
+                "| consume {fill} topic, client CPU µs/msg | {cb:.1} | {ca:.1} | {cs:.1} | {:.2} |",
+                cs / cb
+            );
+        }
     }
     if let Some((publish, e2e)) = &latency {
-        println!("\n| latency, one message at a time | bare p50 / p99 | adapter p50 / p99 | backstop p50 / p99 | backstop - bare p50 / p99 |");
-        println!("|---|---|---|---|---|");
-        for (what, [bare, adapter, bs]) in [
+        println!("\n| latency, one message at a time | bare p50 / p99 | adapter p50 / p99 | backstop p50 / p99 | backstop - bare p50 / p99 | bare unbatched p50 / p99 | backstop - bare unbatched p50 |");
+        println!("|---|---|---|---|---|---|---|");
+        for (what, [bare, adapter, bs, unbatched]) in [
             ("publish (call → receipt)", publish),
             ("end to end (call → handler)", e2e),
         ] {
             let p = |v: &Samples| (ms(percentile(v, 0.5)), ms(percentile(v, 0.99)));
             let ((b50, b99), (a50, a99), (s50, s99)) = (p(bare), p(adapter), p(bs));
+            let (u50, u99) = p(unbatched);
             println!(
-                "| {what} | {b50:.2} / {b99:.2} ms | {a50:.2} / {a99:.2} ms | {s50:.2} / {s99:.2} ms | {:+.2} / {:+.2} ms |",
+                "| {what} | {b50:.2} / {b99:.2} ms | {a50:.2} / {a99:.2} ms | {s50:.2} / {s99:.2} ms | {:+.2} / {:+.2} ms | {u50:.2} / {u99:.2} ms | {:+.2} ms |",
                 s50 - b50,
-                s99 - b99
+                s99 - b99,
+                s50 - u50
             );
         }
     }
@@ -798,17 +834,30 @@ async fn run(cfg: Config) -> Res<()> {
 /// pulsar-perf without and with batching: msg/s and its summary line.
 type PerfRuns = ((f64, String), (f64, String));
 
+/// Consume figures (msg/s and client CPU µs/msg of bare, adapter, backstop) from a topic filled
+/// without batching and from one filled with batching.
+type Consume = (([f64; 3], [f64; 3]), ([f64; 3], [f64; 3]));
+
 /// The figures for `scripts/bench` (no-op unless `BACKSTOP_BENCH_JSON` is set).
 fn record_results(
     cfg: &Config,
     produce: Option<([f64; 3], [f64; 3])>,
-    consume: Option<([f64; 3], [f64; 3])>,
-    latency: Option<&([Samples; 3], [Samples; 3])>,
+    consume: Option<Consume>,
+    latency: Option<&(Latencies, Latencies)>,
     perf: Option<&PerfRuns>,
 ) {
     use backstop_bench_report::record;
-    const WHO: [&str; 3] = ["bare pulsar crate", "adapter", "backstop"];
-    for (what, figures) in [("produce", produce), ("consume", consume)] {
+    const WHO: [&str; 4] = [
+        "bare pulsar crate",
+        "adapter",
+        "backstop",
+        "bare pulsar crate, no batching",
+    ];
+    for (what, figures) in [
+        ("produce", produce),
+        ("consume unbatched", consume.map(|c| c.0)),
+        ("consume batched", consume.map(|c| c.1)),
+    ] {
         let Some((rates, cpu)) = figures else {
             continue;
         };
