@@ -343,14 +343,22 @@ impl Conn {
     }
 
     /// Hands an answer to its caller; a message for a receive whose caller is gone is
-    /// stashed for the subscription's next receive.
+    /// stashed for the subscription's next receive, and a consumer subscribed for a caller
+    /// that is gone (a subscribe that timed out or was dropped) is closed again.
     fn route(&self, response: Response) {
         let Some(call) = lock(&self.pending).calls.remove(&response.id) else {
             return; // a ping's answer, or a call that timed out
         };
         if let Err(answer) = call.tx.send(response.result.into_result()) {
-            if let (Ok(Resp::Message(m)), Some(stash)) = (answer, call.stash) {
-                stash.push(self.gen, m.into());
+            match (answer, call.stash) {
+                (Ok(Resp::Message(m)), Some(stash)) => stash.push(self.gen, m.into()),
+                // Nobody holds this consumer: left open it would stay subscribed as long as
+                // the connection lives, owning Key_Shared keys and maybe the Failover active
+                // slot, and never receive.
+                (Ok(Resp::Subscribed { handle }), _) => self.fire(Req::Close {
+                    subscription: handle,
+                }),
+                _ => {}
             }
         }
     }
@@ -442,13 +450,16 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// A call in flight. Dropped before its answer (a timeout, or the caller's future dropped):
-/// a receive is cancelled on the server and any message already on its way is stashed; any
-/// other call is forgotten (its late answer is discarded).
+/// a receive is cancelled on the server and any message already on its way is stashed; a
+/// subscribe waits for its late answer, and the consumer it made is closed; any other call is
+/// forgotten (its late answer is discarded).
 struct InFlight<'a> {
     conn: &'a Conn,
     id: u64,
     rx: Option<oneshot::Receiver<Answer>>,
     stash: Option<&'a Arc<Stash>>,
+    /// A subscribe: its pending entry stays when dropped, so `route` closes what it made.
+    subscribe: bool,
 }
 
 impl Drop for InFlight<'_> {
@@ -467,7 +478,13 @@ impl Drop for InFlight<'_> {
                 self.conn.fire(Req::Cancel { request: self.id });
             }
             None => {
-                lock(&self.conn.pending).calls.remove(&self.id);
+                if let Ok(Ok(Resp::Subscribed { handle })) = rx.try_recv() {
+                    self.conn.fire(Req::Close {
+                        subscription: handle,
+                    });
+                } else if !self.subscribe {
+                    lock(&self.conn.pending).calls.remove(&self.id);
+                }
             }
         }
     }
@@ -475,12 +492,14 @@ impl Drop for InFlight<'_> {
 
 /// Makes a call and waits for its answer.
 async fn call(conn: &Conn, op: Req, stash: Option<&Arc<Stash>>) -> Answer {
+    let subscribe = matches!(op, Req::Subscribe { .. });
     let (id, rx) = conn.request(op, stash.cloned())?;
     let mut flight = InFlight {
         conn,
         id,
         rx: Some(rx),
         stash,
+        subscribe,
     };
     let answer = flight.rx.as_mut().expect("set above").await;
     flight.rx = None;

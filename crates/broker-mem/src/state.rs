@@ -248,16 +248,20 @@ impl Sub {
         }
     }
 
-    fn release_key(&mut self, log: &[Stored], seq: u64) {
+    /// Key_Shared: one unacknowledged message of the key of `seq` fewer with its holder;
+    /// whether that freed the key (another consumer may own it now, and must look again).
+    fn release_key(&mut self, log: &[Stored], seq: u64) -> bool {
         if self.kind == SubscriptionType::KeyShared {
             let key = Self::key_of(log, seq);
             if let Some(entry) = self.key_holders.get_mut(key) {
                 entry.1 -= 1;
                 if entry.1 == 0 {
                     self.key_holders.remove(key);
+                    return true;
                 }
             }
         }
+        false
     }
 
     /// Takes a delivery away from its consumer and makes it available again at once.
@@ -615,7 +619,11 @@ impl State {
             .get_mut(&info.subscription)
             .expect("consumer's sub");
         sub.unacked.remove(&seq);
-        sub.release_key(&topic.log, seq);
+        if sub.release_key(&topic.log, seq) {
+            // Key_Shared: the key's messages may wait for another consumer, whose receive
+            // waits for a wake-up (nothing else may come to wake it).
+            sub.notify.notify_waiters();
+        }
         sub.deliveries.remove(&seq);
         sub.mark_acked(seq);
         sub.counters.acks += 1;
@@ -798,6 +806,43 @@ mod tests {
             }
         }
         assert_eq!(got, 40);
+    }
+
+    /// Regression (found by the turmoil tier, seed 2319 with an ordered Key_Shared consumer):
+    /// an ack that frees a key another consumer owns wakes that consumer's waiting receive;
+    /// it used to sleep until some unrelated message came, and the key's messages stayed in
+    /// the backlog.
+    #[test]
+    fn key_shared_ack_that_frees_a_key_wakes_the_waiting_owner() {
+        let mut st = State::new(MemConfig::default());
+        let a = st.subscribe(&spec(SubscriptionType::KeyShared)).unwrap();
+        let now = Instant::now();
+        let b = st.subscribe(&spec(SubscriptionType::KeyShared)).unwrap();
+        // A key b owns, held by a (which took a message of it while it was alone).
+        let key = (0..100)
+            .map(|i| format!("k{i}"))
+            .find(|k| st.sub("t", "s").unwrap().1.key_owner(k) == Some(b))
+            .expect("some key hashes to b");
+        st.remove_consumer(b, ConsumerStatus::Closed);
+        st.publish("t", OutgoingMessage::new("1").with_key(key.clone()));
+        let first = st.take(a, None, now).unwrap();
+        let b = st.subscribe(&spec(SubscriptionType::KeyShared)).unwrap();
+        assert_eq!(st.sub("t", "s").unwrap().1.key_owner(&key), Some(b));
+        st.publish("t", OutgoingMessage::new("2").with_key(key.clone()));
+        assert!(st.take(b, None, now).is_err(), "a still holds the key");
+        let ticket = st.enqueue(b);
+        // b's receive now waits on the subscription's notifier.
+        let notify = st.notifier(b);
+        let mut woken = Box::pin(notify.notified());
+        woken.as_mut().enable();
+        st.ack(a, &first.id).unwrap();
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            woken.as_mut().poll(&mut cx).is_ready(),
+            "the ack that freed the key woke no one"
+        );
+        assert_eq!(st.take(b, Some(ticket), now).unwrap().payload, b"2");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use backstop_engine::broker::{
     Broker, BrokerError, OutgoingMessage, SubscriptionSpec, SubscriptionType,
 };
 use backstop_engine::core::ErrorKind;
-use backstop_mem::{ClientConfig, MemBroker, RemoteBroker, Server, ServerConfig};
+use backstop_mem::{ClientConfig, MemBroker, Op, RemoteBroker, Server, ServerConfig};
 
 fn kind<T>(r: Result<T, BrokerError>) -> ErrorKind {
     match r {
@@ -202,6 +202,39 @@ async fn idle_clients_are_disconnected_by_the_server() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(server.connections(), 1);
     sub.ack(&m.id).await.unwrap();
+}
+
+/// A subscribe that times out on the client but then succeeds on a slow server leaves no
+/// consumer behind: left open on the live connection it would never receive, yet own keys of a
+/// Key_Shared subscription (or the active slot of a Failover one) for good.
+#[tokio::test(start_paused = true)]
+async fn a_subscribe_that_timed_out_leaves_no_consumer_behind() {
+    let broker = MemBroker::new();
+    let server = Server::new(Arc::new(broker.clone()));
+    let config = ClientConfig {
+        call_timeout: Some(Duration::from_secs(1)),
+        ..ClientConfig::default()
+    };
+    let remote = in_memory_client(&server, config);
+    let spec = SubscriptionSpec::new("t", "s").with_type(SubscriptionType::KeyShared);
+    broker
+        .faults()
+        .set_latency(Op::Subscribe, Duration::from_secs(3));
+    assert_eq!(kind(remote.subscribe(&spec).await), ErrorKind::Timeout);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        broker.subscription_stats("t", "s").is_some(),
+        "the late subscribe ran"
+    );
+    eventually("the orphaned consumer closed", || {
+        broker.subscription_stats("t", "s").unwrap().consumers == 0
+    })
+    .await;
+    // The connection lives on, and a subscribe in time works.
+    broker.faults().set_latency(Op::Subscribe, Duration::ZERO);
+    let sub = remote.subscribe(&spec).await.unwrap();
+    assert_eq!(broker.subscription_stats("t", "s").unwrap().consumers, 1);
+    sub.close().await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]

@@ -2,6 +2,42 @@
 //! (topic log, acks, DLQ records), and the invariants between them — nothing acked that was not
 //! handled or dead-lettered, every published message acked in the end, DLQ records that carry
 //! the original payload — plus the duplicates crashes caused.
+//!
+//! # Per-key order across consumers and crashes
+//!
+//! With an ordered consumer ([`Ledger::checking_order`]), the ledger also checks that, per
+//! key, the *first* handler run of each payload follows the topic log's order: if payload `a`
+//! first appears in the log before payload `b` under the same key, `a`'s first run starts
+//! before `b`'s — unless `a` was *excused* (below). Later runs (retries, redeliveries) are not
+//! ordered across consumers and crashes, and the log order, not the task calls' order, is the
+//! publish order (two concurrent calls may land either way round).
+//!
+//! Why this holds in the in-memory broker whatever else happens: a subscription hands out its
+//! available positions oldest first; Failover serves only its first (oldest) consumer, and a
+//! new consumer (a restarted or reconnected service) subscribes with a larger id, so the
+//! active consumer changes only when the old one leaves; Key_Shared gives a key only to the
+//! consumer already holding unacked messages of it. A consumer that leaves (crash found by
+//! the idle timeout, dropped connection, broker host crash) or a broker restart returns its
+//! deliveries to `available`, so whoever takes `b` next takes the older `a` first; and an
+//! ordered consumer runs the deliveries of a key one at a time in arrival order. A consumer
+//! that still holds a returned delivery may run it late, but that is a later run, not the
+//! first. So `b` can run before `a` ever ran only if `a` left the order without a run:
+//!
+//! - `a` was nacked before any run (a shutdown nack, or a nack after a failed ack or DLQ
+//!   publish): it waits out the nack delay while `b` is available;
+//! - `a`'s delivery was lost while its consumer's connection lived (an injected receive
+//!   failure after effect): the broker counts `a` as out with that consumer, which goes on to
+//!   `b`, until the connection ends (at the latest at the heal, which resets every connection
+//!   after such a fault).
+//!
+//! The ledger sees nacks on the broker's counters, between simulation steps: when the nacks
+//! or the injected faults grow, every payload whose first run had not started by the previous
+//! step is excused (conservatively: any nack or injected fault, of any message). A lost
+//! delivery cannot be seen that way (the broker counts the fault when the receive starts,
+//! maybe before the lost message is published), so from the moment the driver schedules a
+//! receive failure after effect until the heal resets the connections
+//! ([`Ledger::deliveries_may_be_lost`]) every payload without a first run is excused. Poison
+//! messages never run and are left out; so are payloads published without a key (probes).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,6 +71,28 @@ struct Logged {
     id: MessageId,
     payload: Vec<u8>,
     pid: Option<u64>,
+    key: Option<String>,
+}
+
+/// The per-key order check's state (see the module docs).
+#[derive(Debug, Default)]
+struct OrderCheck {
+    /// First handler runs so far.
+    first_runs: u64,
+    /// Per payload: the number of its first run (0 for the first first run of the seed).
+    first_run: BTreeMap<u64, u64>,
+    /// `first_runs` when the ledger last observed the broker.
+    runs_observed: u64,
+    /// The broker's (nacks, injected faults) when last observed.
+    disturbances: (u64, u64),
+    /// Payloads whose first run may legitimately come late: a nack or an injected fault came
+    /// while they had not run.
+    excused: BTreeSet<u64>,
+    /// `first_runs` when the order was last checked.
+    checked: u64,
+    /// Receives may lose their delivery in transit (from an injected receive failure after
+    /// effect until every connection is reset at the heal).
+    lossy: bool,
 }
 
 /// Counts of what the broker-side view saw.
@@ -66,6 +124,11 @@ pub struct LedgerStats {
     /// Task calls that failed and handed their data back (no DLQ or DLQ failed, or circuit
     /// open).
     pub task_returned: u64,
+    /// With the per-key order check: keyed payloads that ran, checked against every earlier
+    /// payload of their key (at the end).
+    pub order_checked: u64,
+    /// With the per-key order check: keyed payloads that ran, excused from it.
+    pub order_excused: u64,
 }
 
 /// The broker-side ledger of one run.
@@ -94,6 +157,8 @@ pub struct Ledger {
     last: (u64, u64),
     task_sent: Vec<(MessageId, Vec<u8>)>,
     task_dlq: Vec<MessageId>,
+    /// The per-key order check, with an ordered consumer.
+    order: Option<OrderCheck>,
     stats: LedgerStats,
 }
 
@@ -113,6 +178,34 @@ impl Ledger {
         }
     }
 
+    /// This ledger also checks per-key order (for an ordered consumer): per key, the first
+    /// handler run of each payload follows the topic log, unless a nack or an injected broker
+    /// fault came while the earlier payload had not run (the module docs say why).
+    pub fn checking_order(mut self) -> Ledger {
+        self.order = Some(OrderCheck::default());
+        self
+    }
+
+    /// From now on, until [`deliveries_returned`](Ledger::deliveries_returned), a receive may
+    /// lose its delivery in transit (an injected receive failure after effect): the lost
+    /// message stays out with its consumer until the connection ends, and later messages of its
+    /// key pass it. Every payload without a first run is excused meanwhile. (The broker counts
+    /// the injected fault when the receive starts, possibly before the lost message is even
+    /// published, so the counters alone cannot tell.)
+    pub fn deliveries_may_be_lost(&mut self) {
+        if let Some(o) = &mut self.order {
+            o.lossy = true;
+        }
+    }
+
+    /// Every connection was reset after the faults healed and no receive fails any more:
+    /// lost deliveries return to the subscription, in order.
+    pub fn deliveries_returned(&mut self) {
+        if let Some(o) = &mut self.order {
+            o.lossy = false;
+        }
+    }
+
     /// A handler run of payload `pid` starts on service host `host`; returns its run number (1
     /// for the first).
     pub fn handler_run(&mut self, pid: u64, host: u8) -> u32 {
@@ -120,7 +213,58 @@ impl Ledger {
         self.ran_on.entry(host).or_default().insert(pid);
         let n = self.runs.entry(pid).or_insert(0);
         *n += 1;
+        if *n == 1 {
+            if let Some(o) = &mut self.order {
+                o.first_run.insert(pid, o.first_runs);
+                o.first_runs += 1;
+            }
+        }
         *n
+    }
+
+    /// The per-key order check (if on): for each key, payloads in the order they first appear
+    /// in the topic log; a payload's first run must not precede the first run of an earlier
+    /// payload of its key that is not excused (and an earlier payload that has not run at all
+    /// counts as later).
+    fn check_order(&mut self) -> Result<(), String> {
+        let Some(o) = &mut self.order else {
+            return Ok(());
+        };
+        if o.checked == o.first_runs {
+            return Ok(());
+        }
+        o.checked = o.first_runs;
+        let mut seen: BTreeSet<u64> = BTreeSet::new();
+        let mut by_key: BTreeMap<&str, Vec<(u64, &MessageId)>> = BTreeMap::new();
+        for m in &self.log {
+            let (Some(pid), Some(key)) = (m.pid, m.key.as_deref()) else {
+                continue;
+            };
+            if seen.insert(pid) {
+                by_key.entry(key).or_default().push((pid, &m.id));
+            }
+        }
+        for (key, pids) in by_key {
+            for (i, &(b, b_id)) in pids.iter().enumerate() {
+                let Some(&fb) = o.first_run.get(&b) else {
+                    continue;
+                };
+                for &(a, a_id) in &pids[..i] {
+                    if o.excused.contains(&a) {
+                        continue;
+                    }
+                    let late = o.first_run.get(&a).is_none_or(|&fa| fa > fb);
+                    if late {
+                        return Err(format!(
+                            "key {key}: payload {b} ({b_id}) ran before payload {a} ({a_id}), \
+                             published before it under the same key, had run, and no nack or \
+                             injected fault came while {a} waited"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Service host `host` crashed: every payload it ran and the broker has not seen finished
@@ -192,8 +336,15 @@ impl Ledger {
     /// very message. Cheap when nothing was published or acked since the last call.
     pub fn observe(&mut self, broker: &MemBroker) -> Result<(), String> {
         let c = broker.counters();
-        if (c.published, c.acks) == self.last {
-            return Ok(());
+        let disturbed = self.order.as_mut().is_some_and(|o| {
+            let now = (c.nacks, c.injected_faults);
+            std::mem::replace(&mut o.disturbances, now) != now || o.lossy
+        });
+        if (c.published, c.acks) == self.last && !disturbed {
+            if let Some(o) = &mut self.order {
+                o.runs_observed = o.first_runs;
+            }
+            return self.check_order();
         }
         self.last = (c.published, c.acks);
         let msgs = broker.topic_messages(TOPIC);
@@ -203,9 +354,23 @@ impl Ledger {
                 pid: payload_id(&m.payload),
                 id: m.id,
                 payload: m.payload,
+                key: m.key,
             });
         }
         self.stats.published = self.log.len() as u64;
+        if let Some(o) = &mut self.order {
+            if disturbed {
+                // Every payload that had not started its first run by the last observation
+                // may have been nacked or lost in transit since.
+                for pid in self.log.iter().filter_map(|m| m.pid) {
+                    if o.first_run.get(&pid).is_none_or(|&f| f >= o.runs_observed) {
+                        o.excused.insert(pid);
+                    }
+                }
+            }
+            o.runs_observed = o.first_runs;
+        }
+        self.check_order()?;
         // DLQ and parked records alike end a message (a scenario has one or the other).
         let mut dlq = broker.topic_messages(DLQ_TOPIC);
         dlq.extend(broker.topic_messages(PARKED_TOPIC));
@@ -390,6 +555,18 @@ impl Ledger {
             }
         }
         self.budget_excess()?;
+        if let Some(o) = &self.order {
+            let keyed: BTreeSet<u64> = self
+                .log
+                .iter()
+                .filter(|m| m.key.is_some())
+                .filter_map(|m| m.pid)
+                .filter(|pid| o.first_run.contains_key(pid))
+                .collect();
+            let excused = keyed.iter().filter(|p| o.excused.contains(p)).count() as u64;
+            self.stats.order_excused = excused;
+            self.stats.order_checked = keyed.len() as u64 - excused;
+        }
         self.stats.handled_twice = self
             .successes
             .iter()
@@ -526,6 +703,61 @@ mod tests {
         }
         elsewhere.service_crashed(0); // a crash of a host that never ran it
         assert!(elsewhere.budget_excess().is_err());
+    }
+
+    /// The per-key order check bites: payload 2 (published after payload 1 under key `a`)
+    /// running first fails the ledger, a payload of another key does not, and a nack while
+    /// payload 1 waited excuses it.
+    #[test]
+    fn a_first_run_out_of_key_order_is_caught_unless_a_nack_came_first() {
+        use backstop_engine::broker::{Broker, OutgoingMessage, SubscriptionSpec};
+        let broker = MemBroker::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let consumer = rt.block_on(async {
+            let c = broker
+                .subscribe(&SubscriptionSpec::new(TOPIC, SUBSCRIPTION))
+                .await
+                .expect("subscribe");
+            let p = broker.producer(TOPIC).await.expect("producer");
+            for (id, key) in [(1, "a"), (2, "b"), (3, "a")] {
+                let mut m = OutgoingMessage::new(format!(r#"{{"id":{id}}}"#).into_bytes());
+                m.key = Some(key.into());
+                p.send(m).await.expect("send");
+            }
+            c
+        });
+        // In order per key: 1, then 2 (another key), then 3.
+        let mut fine = Ledger::new().checking_order();
+        fine.observe(&broker).unwrap();
+        for pid in [2, 1, 3] {
+            fine.handler_run(pid, 0);
+            fine.observe(&broker).unwrap();
+        }
+        // 3 before 1 (both key a): caught as soon as 3 runs.
+        let mut bad = Ledger::new().checking_order();
+        bad.observe(&broker).unwrap();
+        bad.handler_run(3, 0);
+        let err = bad.observe(&broker).unwrap_err();
+        assert!(err.contains("ran before payload 1"), "{err}");
+        // Without the check, nothing is said.
+        let mut off = Ledger::new();
+        off.observe(&broker).unwrap();
+        off.handler_run(3, 0);
+        assert_eq!(off.observe(&broker), Ok(()));
+        // A nack of message 1 (not run yet) excuses it: 3 may go first.
+        let mut nacked = Ledger::new().checking_order();
+        nacked.observe(&broker).unwrap();
+        rt.block_on(async {
+            let d = consumer.receive().await.expect("receive");
+            consumer.nack(&d.id).await.expect("nack");
+        });
+        nacked.handler_run(3, 0);
+        assert_eq!(nacked.observe(&broker), Ok(()));
+        nacked.handler_run(1, 0);
+        assert_eq!(nacked.observe(&broker), Ok(()));
     }
 
     /// A retry copy must name a published origin and carry its payload.

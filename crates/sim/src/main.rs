@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, default_value_t = 80)]
     trace: usize,
     /// Switch on a planted bug (needs `--features planted-bugs`): ack-before-dlq,
-    /// one-retry-too-many, breaker-no-reset, parallelism-off-by-one.
+    /// one-retry-too-many, breaker-no-reset, parallelism-off-by-one, key-order-ignored.
     #[arg(long)]
     plant: Option<String>,
 }
@@ -62,6 +62,7 @@ fn plant(name: &str) -> Result<backstop_sim::runner::Setup, String> {
         "one-retry-too-many" => Bug::OneRetryTooMany,
         "breaker-no-reset" => Bug::BreakerNoReset,
         "parallelism-off-by-one" => Bug::ParallelismOffByOne,
+        "key-order-ignored" => Bug::KeyOrderIgnored,
         other => return Err(format!("unknown planted bug `{other}`")),
     };
     Ok(std::sync::Arc::new(move || planted::set(Some(bug))))
@@ -240,6 +241,12 @@ fn main() -> ExitCode {
         "  oracle steps      {} checked; max in flight seen {}",
         s.steps, s.max_in_flight
     );
+    if s.ordered_seeds > 0 {
+        println!(
+            "  per-key order     {} ordered seeds: {} first runs checked in key order, {} excused (nack, injected fault, possibly lost delivery)",
+            s.ordered_seeds, s.order_checked, s.order_excused
+        );
+    }
     if batch.determinism {
         println!(
             "  determinism       {} seeds run twice: identical trace hashes",

@@ -139,6 +139,9 @@ impl Run<'_> {
                 {
                     b.lost_settlement = true;
                 }
+                if op == Op::Receive && after_effect {
+                    lock(&self.world).ledger.deliveries_may_be_lost();
+                }
                 if after_effect {
                     self.faults
                         .fail_next_after_effect(op, u32::from(count), kind);
@@ -289,6 +292,7 @@ impl Run<'_> {
             // timeout behaves the same): reconnecting gives those deliveries back.
             self.note("heal: reconnect every client (acks, nacks or deliveries were lost)".into());
             self.server.disconnect_all();
+            lock(&self.world).ledger.deliveries_returned();
         }
     }
 
@@ -302,11 +306,10 @@ impl Run<'_> {
         if w.calls_in_progress() != 0 || w.live().len() != usize::from(self.scenario.services) {
             return false;
         }
-        w.live().iter().all(|k| {
-            w.feeds.get(k).is_some_and(|f| {
-                f.oracle().held() == 0 && f.oracle().breaker().state() == BreakerState::Closed
-            })
-        })
+        w.live()
+            .iter()
+            .all(|k| w.feeds.get(k).is_some_and(|f| f.oracle().held() == 0))
+            && w.breakers_settled()
     }
 
     /// Liveness failed (nothing settled in time after the faults healed): says what is left.
@@ -337,7 +340,7 @@ impl Run<'_> {
                 return;
             };
             let (held, state) = (f.oracle().held(), f.oracle().breaker().state());
-            if held != 0 || state != BreakerState::Closed {
+            if held != 0 || state != BreakerState::Closed && !w.breakers_settled() {
                 w.fail(
                     who,
                     None,
@@ -395,6 +398,9 @@ impl Run<'_> {
             dead_lettered: l.dlq_records,
             redeliveries: self.broker.counters().redelivered,
             duplicates: l.handled_twice + l.dead_lettered_twice + l.handled_and_dead_lettered,
+            ordered_seeds: u64::from(self.scenario.consumer.ordered),
+            order_checked: l.order_checked,
+            order_excused: l.order_excused,
             ..SeedStats::default()
         };
         for f in w.feeds.values() {

@@ -55,6 +55,14 @@ pub struct SeedStats {
     pub steps: u64,
     /// Most handler runs in flight at once in one consumer.
     pub max_in_flight: u32,
+    /// Seeds with an ordered consumer (Key_Shared or Failover).
+    pub ordered_seeds: u64,
+    /// Keyed payloads whose first run the ledger checked against every earlier payload of
+    /// their key.
+    pub order_checked: u64,
+    /// Keyed payloads excused from that check (a nack, an injected fault or a possibly lost
+    /// delivery came while they waited).
+    pub order_excused: u64,
 }
 
 impl SeedStats {
@@ -73,6 +81,9 @@ impl SeedStats {
         self.duplicates += other.duplicates;
         self.steps += other.steps;
         self.max_in_flight = self.max_in_flight.max(other.max_in_flight);
+        self.ordered_seeds += other.ordered_seeds;
+        self.order_checked += other.order_checked;
+        self.order_excused += other.order_excused;
     }
 }
 

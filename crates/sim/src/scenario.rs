@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use backstop_engine::broker::SubscriptionType;
 use backstop_engine::core::{BreakerConfig, ConsumerConfig, ErrorKind, RetryPolicy, RetryStrategy};
 use backstop_mem::Op;
 
@@ -219,6 +220,14 @@ pub struct Publish {
     pub body_fails: u8,
     /// The kind of those failures.
     pub body_kind: ErrorKind,
+    /// Its key (the task publishes it as both key and ordering key), on seeds with an ordered
+    /// consumer: one of a few, so keys repeat.
+    pub key: Option<u8>,
+}
+
+/// The key a message with key number `k` is published under.
+pub fn key_name(k: u8) -> String {
+    format!("k{k}")
 }
 
 /// One scheduled fault. Windows (`dur_ms`) end by themselves and at the latest when the
@@ -398,6 +407,10 @@ pub struct ConsumerSettings {
     /// [`RetryStrategy::Topic`] the copies wait in
     /// [`RETRY_TOPIC`](crate::ledger::RETRY_TOPIC), so a service crash loses no pending retry.
     pub strategy: RetryStrategy,
+    /// The subscription type: Shared, or Key_Shared / Failover for an ordered consumer.
+    pub subscription: SubscriptionType,
+    /// Whether the consumer keeps per-key order (`ConsumerSpec::ordered`, docs/retries.md).
+    pub ordered: bool,
 }
 
 impl ConsumerSettings {
@@ -409,6 +422,7 @@ impl ConsumerSettings {
             .retry(self.retry)
             .breaker(self.breaker)
             .retry_strategy(self.strategy)
+            .ordered(self.ordered)
             // Without a DLQ the runtime parks failed messages: the machine publishes either way.
             .dead_letter(true)
             .build()
@@ -509,6 +523,8 @@ impl Scenario {
             nack_delay_ms: rng.range(0, 1000) as u32,
             handler_ms: (rng.range(1, 20) as u32, rng.range(20, 150) as u32),
             strategy: RetryStrategy::InProcess,
+            subscription: SubscriptionType::Shared,
+            ordered: false,
         };
         let mut consumer = consumer;
         // Drawn from a stream of its own, so the rest of a seed's scenario stays as it was.
@@ -534,6 +550,21 @@ impl Scenario {
             // outlives a broker restart.
             consumer.nack_delay_ms = 0;
         }
+        // The ordered knob, from a stream of its own too: a quarter of the in-process seeds run
+        // an ordered consumer, on Key_Shared (two services) or Failover (one or two), and
+        // publish every message under one of 3 to 5 keys.
+        let mut orng = root.fork(5);
+        let keys = if consumer.strategy == RetryStrategy::InProcess && orng.chance(25) {
+            consumer.ordered = true;
+            consumer.subscription = if services == 2 && orng.coin() {
+                SubscriptionType::KeyShared
+            } else {
+                SubscriptionType::Failover
+            };
+            orng.range(3, 5) as u8
+        } else {
+            0
+        };
         let task = TaskSettings {
             retry: policy(&mut rng),
             breaker: breaker(&mut rng),
@@ -546,6 +577,12 @@ impl Scenario {
             services,
             heal_ms.saturating_sub(3_000),
         );
+        let mut workload = workload;
+        if keys > 0 {
+            for p in &mut workload {
+                p.key = Some(orng.below(u64::from(keys)) as u8);
+            }
+        }
         let faults = Self::draw_faults(&mut root.fork(3), &knobs, services, heal_ms);
         Scenario {
             seed,
@@ -645,6 +682,7 @@ impl Scenario {
                     plan,
                     body_fails,
                     body_kind,
+                    key: None,
                 }
             })
             .collect();
@@ -792,7 +830,9 @@ impl fmt::Display for Scenario {
         let c = &self.consumer;
         writeln!(
             f,
-            "  consumer: max_parallelism {} max_held {} max_retries {} delay {:?} dlq {} breaker {}x/{:?} nack delay {} ms retry strategy {}",
+            "  consumer: {:?} ordered {} max_parallelism {} max_held {} max_retries {} delay {:?} dlq {} breaker {}x/{:?} nack delay {} ms retry strategy {}",
+            c.subscription,
+            c.ordered,
             c.max_parallelism,
             c.max_held,
             c.retry.max_retries(),

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_engine::core::ErrorKind;
-use backstop_engine::runtime::{Backstop, ConsumerSpec, DeadLetter, HandlerError, Task, TaskSpec};
+use backstop_engine::runtime::{
+    Backstop, ConsumerSpec, DeadLetter, HandlerError, MessageOptions, Task, TaskSpec,
+};
 use backstop_mem::{ClientConfig, RemoteBroker};
 use serde::Deserialize;
 
 use crate::ledger::{DLQ_TOPIC, SUBSCRIPTION, TASK_DLQ_TOPIC, TOPIC};
-use crate::scenario::{Plan, Publish, Scenario};
+use crate::scenario::{key_name, Plan, Publish, Scenario};
 use crate::trace::{What, Who};
 use crate::world::{lock, sim_now, SharedWorld, SimObserver, PROBE_BASE};
 
@@ -84,8 +86,10 @@ async fn handle(world: SharedWorld, host: u8, msg: Msg) -> Result<(), HandlerErr
     }
 }
 
-/// Calls the task for one message and records how the call ended.
-async fn publish(task: Task, world: SharedWorld, who: Who, p: Publish) {
+/// Calls the task for one message and records how the call ended. With `keyed` (an ordered
+/// consumer), the message goes out under its key as key and ordering key (a probe, which has
+/// none, under a key of its own, so probes reach every Key_Shared consumer).
+async fn publish(task: Task, world: SharedWorld, who: Who, p: Publish, keyed: bool) {
     let Who::Service { host, incarnation } = who else {
         return;
     };
@@ -95,9 +99,20 @@ async fn publish(task: Task, world: SharedWorld, who: Who, p: Publish) {
     } else {
         serde_json::json!({ "id": p.id })
     };
+    let key = match p.key {
+        Some(k) => Some(key_name(k)),
+        None if keyed => Some(format!("probe{}", p.id)),
+        None => None,
+    };
+    let options = match key {
+        Some(k) => MessageOptions::new()
+            .ordering_key(k.clone().into_bytes())
+            .key(k),
+        None => MessageOptions::new(),
+    };
     let runs = Arc::new(AtomicU32::new(0));
     let result = task
-        .call(value, move |v: &serde_json::Value| {
+        .call_with_options(value, options, move |v: &serde_json::Value| {
             let n = runs.fetch_add(1, Ordering::Relaxed) + 1;
             let v = v.clone();
             async move {
@@ -170,6 +185,8 @@ pub async fn run_service(ctx: Arc<ServiceCtx>, host: u8) -> turmoil::Result {
         .retry_policy(c.retry)
         .breaker(c.breaker)
         .retry_strategy(c.strategy)
+        .subscription_type(c.subscription)
+        .ordered(c.ordered)
         .shutdown_grace(Duration::from_secs(5))
         .nack_delay(Duration::from_millis(u64::from(c.nack_delay_ms)));
     if c.dlq {
@@ -204,7 +221,7 @@ pub async fn run_service(ctx: Arc<ServiceCtx>, host: u8) -> turmoil::Result {
             continue;
         }
         sleep_until_sim(p.at_ms).await;
-        tokio::task::spawn_local(publish(task.clone(), world.clone(), who, *p));
+        tokio::task::spawn_local(publish(task.clone(), world.clone(), who, *p, c.ordered));
     }
 
     // After healing, host 0 publishes probe messages while a consumer's breaker is not closed
@@ -231,8 +248,9 @@ pub async fn run_service(ctx: Arc<ServiceCtx>, host: u8) -> turmoil::Result {
             plan: Plan::Ok,
             body_fails: 0,
             body_kind: ErrorKind::Handler,
+            key: None,
         };
-        tokio::task::spawn_local(publish(task.clone(), world.clone(), who, p));
+        tokio::task::spawn_local(publish(task.clone(), world.clone(), who, p, c.ordered));
     }
 
     let now = bs.clock().now();

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use backstop_engine::broker::SubscriptionType;
 use backstop_engine::core::{
     BreakerState, ConsumerAction, ConsumerConfig, ConsumerEvent, ErrorKind, ProducerAction,
     ProducerEvent, Time,
@@ -138,6 +139,8 @@ pub struct World {
     pub clock: Duration,
     consumer_cfg: ConsumerConfig,
     task_attempts: u32,
+    /// The consumers share a Failover subscription (one active, the others standing by).
+    failover: bool,
 }
 
 /// A shared handle on the [`World`].
@@ -163,10 +166,17 @@ impl World {
             tasks: BTreeMap::new(),
             incarnation: vec![(0, None); usize::from(scenario.services)],
             broken: None,
-            ledger: if scenario.knobs.outcomes_reach_broker() {
-                Ledger::with_budget(scenario.consumer.retry.max_retries() + 1)
-            } else {
-                Ledger::new()
+            ledger: {
+                let ledger = if scenario.knobs.outcomes_reach_broker() {
+                    Ledger::with_budget(scenario.consumer.retry.max_retries() + 1)
+                } else {
+                    Ledger::new()
+                };
+                if scenario.consumer.ordered {
+                    ledger.checking_order()
+                } else {
+                    ledger
+                }
             },
             downstream: Downstream::new(plans, scenario.consumer.handler_ms, scenario.seed),
             probes: 0,
@@ -175,6 +185,7 @@ impl World {
             clock: Duration::ZERO,
             consumer_cfg: scenario.consumer.core_config(),
             task_attempts: scenario.task.retry.max_attempts(),
+            failover: scenario.consumer.subscription == SubscriptionType::Failover,
         }
     }
 
@@ -257,12 +268,36 @@ impl World {
     }
 
     /// Whether a live consumer's breaker is not closed (it needs a probe message to close).
+    /// On a Failover subscription only the active consumer gets messages, so a standby's
+    /// breaker, opened while it was active, stays half-open until it is active again: there a
+    /// probe is needed only while no live consumer's breaker is closed.
     pub fn needs_probe(&self) -> bool {
-        self.live().iter().any(|k| {
+        let open = |k: &(u8, u32)| {
             self.feeds
                 .get(k)
                 .is_some_and(|f| f.oracle().breaker().state() != BreakerState::Closed)
-        })
+        };
+        if self.failover {
+            self.live().iter().all(open)
+        } else {
+            self.live().iter().any(open)
+        }
+    }
+
+    /// Whether the breakers allow the run to settle: every live consumer's is closed, or on a
+    /// Failover subscription one (the standbys get no message to close theirs; an active
+    /// consumer that is not closed would leave the probes in the backlog).
+    pub fn breakers_settled(&self) -> bool {
+        let closed = |k: &(u8, u32)| {
+            self.feeds
+                .get(k)
+                .is_some_and(|f| f.oracle().breaker().state() == BreakerState::Closed)
+        };
+        if self.failover {
+            self.live().iter().any(closed)
+        } else {
+            self.live().iter().all(closed)
+        }
     }
 
     fn feed(&mut self, host: u8, inc: u32) -> &mut ConsumerFeed {

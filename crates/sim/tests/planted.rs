@@ -94,3 +94,18 @@ fn ignore_prior_runs_is_caught() {
         "caught for the wrong reason:\n{f}"
     );
 }
+
+#[test]
+fn key_order_ignored_is_caught() {
+    // An ordered consumer that runs a later message of a key while an earlier one is held: the
+    // turmoil tier's ordered seeds (Key_Shared or Failover, keyed workload) catch it, by the
+    // per-consumer oracle (which sees the deliveries) or the ledger's per-key first-run order
+    // (whose own bite the ledger's unit tests show). The pure-core tier has no ordered knob.
+    let (seed, f) = first_failure(Tier::Turmoil, Bug::KeyOrderIgnored);
+    let sc = backstop_sim::scenario::Scenario::from_seed(seed, &Options::default());
+    assert!(sc.consumer.ordered, "seed {seed} is not an ordered seed");
+    assert!(
+        f.rule == Some(Rule::KeyOrder) || f.detail.contains("ran before payload"),
+        "caught for the wrong reason:\n{f}"
+    );
+}
