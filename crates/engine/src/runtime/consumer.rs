@@ -412,6 +412,13 @@ impl<M: Send + 'static> Driver<M> {
         ));
         tracing::info!(topic = %self.spec.topic, subscription = %self.spec.subscription, "consumer started");
         let mut shutting_down = false;
+        // One wait for the shutdown signal for the whole run (a fresh `changed()` per loop turn
+        // would register with the watch's waiter list once per message).
+        let shutdown_signal = async {
+            let changed = shutdown_rx.changed().await;
+            (changed, *shutdown_rx.borrow())
+        };
+        tokio::pin!(shutdown_signal);
         loop {
             self.drain(&credit, &done_tx);
             if self.machine.is_drained() {
@@ -423,9 +430,9 @@ impl<M: Send + 'static> Driver<M> {
                 .map(|t| self.bs.clock().instant(t));
             tokio::select! {
                 biased;
-                changed = shutdown_rx.changed(), if !shutting_down => {
+                (changed, requested) = &mut shutdown_signal, if !shutting_down => {
                     let grace = match changed {
-                        Ok(()) => (*shutdown_rx.borrow()).unwrap_or(self.spec.shutdown_grace),
+                        Ok(()) => requested.unwrap_or(self.spec.shutdown_grace),
                         Err(_) => self.spec.shutdown_grace, // handle dropped: shut down too
                     };
                     let grace = grace.min(self.spec.shutdown_grace);
@@ -1102,15 +1109,21 @@ async fn receive_loop(
     sources: Vec<Source>,
     credit: Arc<Semaphore>,
     tx: mpsc::Sender<(ReceivedMessage, bool)>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     bs: Backstop,
 ) {
     let mut sources = sources;
     let mut flip = false;
+    // One wait for the stop signal for the whole loop, not a fresh one per receive.
+    let stopped = async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
     loop {
         let permit = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => return,
+            _ = &mut stopped => return,
             p = credit.acquire() => match p { Ok(p) => p, Err(_) => return },
         };
         loop {
@@ -1122,7 +1135,7 @@ async fn receive_loop(
             let resume = sources.iter().filter_map(|s| s.resume).min();
             let got = tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => return,
+                _ = &mut stopped => return,
                 Some(r) = Source::receive(first) => r,
                 Some(r) = Source::receive(second) => r,
                 _ = sleep_until_opt(resume) => {
