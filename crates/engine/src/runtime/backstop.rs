@@ -280,6 +280,33 @@ impl Backstop {
         msg: OutgoingMessage,
         timeout: Duration,
     ) -> Result<MessageId, BrokerError> {
+        self.send_then(topic, msg, timeout, |secs| {
+            self.metrics().observe_latency(topic, "publish", secs)
+        })
+        .await
+    }
+
+    /// [`send`](Self::send) observing the latency in `latency`, the caller's handle on
+    /// `topic`'s `publish` series (looked up once instead of by label on each send).
+    pub(crate) async fn send_observed(
+        &self,
+        topic: &str,
+        msg: OutgoingMessage,
+        timeout: Duration,
+        latency: &prometheus::Histogram,
+    ) -> Result<MessageId, BrokerError> {
+        self.send_then(topic, msg, timeout, |secs| latency.observe(secs))
+            .await
+    }
+
+    /// [`send`](Self::send), handing a confirmed send's latency (seconds) to `observe`.
+    async fn send_then(
+        &self,
+        topic: &str,
+        msg: OutgoingMessage,
+        timeout: Duration,
+        observe: impl FnOnce(f64),
+    ) -> Result<MessageId, BrokerError> {
         let started = tokio::time::Instant::now();
         let producer = self.producer(topic).await?;
         let r = match tokio::time::timeout(timeout, producer.send(msg)).await {
@@ -293,10 +320,7 @@ impl Backstop {
                 self.drop_producer_if(topic, &producer);
             }
             Err(_) => {}
-            Ok(_) => {
-                self.metrics()
-                    .observe_latency(topic, "publish", started.elapsed().as_secs_f64())
-            }
+            Ok(_) => observe(started.elapsed().as_secs_f64()),
         }
         r
     }
@@ -350,8 +374,13 @@ impl Backstop {
     }
 
     /// Counts a task call as under way until the guard drops.
+    /// Only the count's return to zero notifies ([`shutdown`](Self::shutdown) waits for
+    /// nothing else), so a call does not wake the watch's waiters twice.
     pub(crate) fn track_call(&self) -> CallGuard {
-        self.inner.calls.send_modify(|n| *n += 1);
+        self.inner.calls.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
         CallGuard {
             inner: self.inner.clone(),
         }
@@ -487,7 +516,10 @@ pub(crate) struct CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.inner.calls.send_modify(|n| *n = n.saturating_sub(1));
+        self.inner.calls.send_if_modified(|n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
     }
 }
 

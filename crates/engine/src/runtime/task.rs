@@ -1,13 +1,14 @@
 //! Runs task calls through a [`ProducerMachine`]: the body, the publish, retries, the DLQ and
 //! the breaker, with the caller's arguments handed back on failure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus::{Histogram, IntCounter, IntGauge};
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::broker::{BrokerError, MessageId, OutgoingMessage};
@@ -103,7 +104,82 @@ impl MessageOptions {
 
 struct Shared {
     machine: ProducerMachine,
-    mailboxes: BTreeMap<Key, mpsc::UnboundedSender<ProducerAction>>,
+    /// One per slot of the machine's calls, indexed by [`Key::index`]: a call's actions wait
+    /// here for its caller. Slots are reused with the machine's keys, so once the task has seen
+    /// its peak of concurrent calls, a call allocates nothing here.
+    mailboxes: Vec<Mailbox>,
+}
+
+/// A call's mailbox: the actions routed to it and, while its caller waits, the caller's waker.
+#[derive(Default)]
+struct Mailbox {
+    /// The call it belongs to; `None` when free.
+    key: Option<Key>,
+    actions: VecDeque<ProducerAction>,
+    waker: Option<Waker>,
+}
+
+impl Shared {
+    /// Opens `key`'s mailbox.
+    fn open(&mut self, key: Key) {
+        let i = key.index();
+        if self.mailboxes.len() <= i {
+            self.mailboxes.resize_with(i + 1, Mailbox::default);
+        }
+        let m = &mut self.mailboxes[i];
+        m.key = Some(key);
+        m.actions.clear();
+        m.waker = None;
+    }
+
+    /// `key`'s mailbox, if open.
+    fn mailbox(&mut self, key: Key) -> Option<&mut Mailbox> {
+        self.mailboxes
+            .get_mut(key.index())
+            .filter(|m| m.key == Some(key))
+    }
+
+    /// Closes `key`'s mailbox; whether it was open.
+    fn close(&mut self, key: Key) -> bool {
+        match self.mailbox(key) {
+            Some(m) => {
+                m.key = None;
+                m.actions.clear();
+                m.waker = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delivers `action` to `key`'s mailbox (waking its caller if it waits); whether it was
+    /// open.
+    fn deliver(&mut self, key: Key, action: ProducerAction) -> bool {
+        match self.mailbox(key) {
+            Some(m) => {
+                m.actions.push_back(action);
+                if let Some(w) = m.waker.take() {
+                    w.wake();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The next action waiting in `key`'s mailbox.
+    fn take(&mut self, key: Key) -> Option<ProducerAction> {
+        self.mailbox(key)?.actions.pop_front()
+    }
+}
+
+/// Metric series a task writes on every call, looked up once (on first use, so a series
+/// appears exactly when it did before) instead of by label on each call.
+struct Series {
+    breaker_failures: IntGauge,
+    sent: OnceLock<IntCounter>,
+    send_latency: OnceLock<Histogram>,
+    publish_latency: OnceLock<Histogram>,
 }
 
 /// A producer task: a topic, its retry/DLQ settings and its own circuit breaker. Clone-cheap.
@@ -131,6 +207,7 @@ pub struct Task {
     breaker_name: Arc<str>,
     shared: Arc<Mutex<Shared>>,
     driver: Arc<Driver>,
+    series: Arc<Series>,
 }
 
 /// The one timer of a task: a tokio task that sleeps until the machine's `poll_timeout` (retry
@@ -173,15 +250,25 @@ impl Task {
         let cfg = spec.producer_config(bs.breaker_defaults())?;
         let breaker_name: Arc<str> = Arc::from(format!("task:{}", spec.topic()));
         bs.metrics().register_breaker(&breaker_name);
+        let series = Arc::new(Series {
+            breaker_failures: bs
+                .metrics()
+                .breaker_failures
+                .with_label_values(&[&breaker_name]),
+            sent: OnceLock::new(),
+            send_latency: OnceLock::new(),
+            publish_latency: OnceLock::new(),
+        });
         Ok(Task {
             bs: bs.clone(),
             spec: Arc::new(spec),
             breaker_name,
             shared: Arc::new(Mutex::new(Shared {
                 machine: ProducerMachine::new(cfg),
-                mailboxes: BTreeMap::new(),
+                mailboxes: Vec::new(),
             })),
             driver: Arc::new(Driver::new(false)),
+            series,
         })
     }
 
@@ -242,7 +329,7 @@ impl Task {
             &self.breaker_name,
             super::control::Command::ForceBreaker(forced),
         );
-        self.route();
+        self.route(self.now());
     }
 
     /// The breaker's current state and failure count.
@@ -329,23 +416,26 @@ impl Task {
         Fut: Future<Output = Result<T, HandlerError>>,
     {
         let _in_flight = self.bs.track_call();
-        let topic = self.spec.topic().to_string();
+        let topic = self.spec.topic();
         let classifier = self
             .spec
             .classifier
-            .clone()
-            .or_else(|| self.bs.inner.classifier.clone());
+            .as_ref()
+            .or(self.bs.inner.classifier.as_ref());
         let mut message_options = MessageOptions::default();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let key = {
+        let (key, mut next) = {
             let mut s = self.lock();
             let now = self.now();
             let key = s.machine.handle_call(now);
-            s.mailboxes.insert(key, tx);
-            key
+            s.open(key);
+            self.route_locked(&mut s, now);
+            (key, s.take(key))
         };
-        let _guard = MailboxGuard { task: self, key };
-        self.route();
+        let mut guard = MailboxGuard {
+            task: self,
+            key,
+            completed: false,
+        };
         let mut abort = self.bs.inner.abort_calls.subscribe();
         let mut value: Option<T> = None;
         let mut payload: Option<Vec<u8>> = None;
@@ -354,13 +444,16 @@ impl Task {
         let mut dead_letter = DeadLetter::NotConfigured;
         let mut encode_error: Option<String> = None;
         loop {
-            let action = tokio::select! {
+            let action = match next.take() {
+                Some(a) => Some(a),
+                None => tokio::select! {
                 biased;
-                a = rx.recv() => a,
+                a = self.wait_action(key) => a,
                 _ = abort.wait_for(|a| *a) => {
                     tracing::warn!(topic = %topic, "shutdown: task call abandoned, data returned to the caller");
                     return Err(self.failure(FailureReason::ShuttingDown, 0, dead_letter, args, payload));
                 }
+                },
             };
             let Some(action) = action else {
                 // The mailbox is gone only if the task was torn down; report what we have.
@@ -377,6 +470,7 @@ impl Task {
                     let span = tracing::info_span!("backstop.task", topic = %topic, attempt);
                     let run = run_guarded(body(&args), self.spec.body_timeout).instrument(span);
                     let r = tokio::select! {
+                        biased;
                         r = run => r,
                         _ = abort.wait_for(|a| *a) => {
                             tracing::warn!(topic = %topic, "shutdown: task body abandoned, data returned to the caller");
@@ -408,8 +502,9 @@ impl Task {
                     if let Err(kind) = &r {
                         tracing::warn!(topic = %topic, attempt, kind = %kind, error = %last_error.message(), "task body failed");
                     }
-                    let now = self.now();
-                    self.lock().machine.handle_body_result(now, key, r);
+                    next = self.step(key, |m, now| {
+                        m.handle_body_result(now, key, r);
+                    });
                 }
                 ProducerAction::Publish { attempt, .. } => {
                     let span = tracing::info_span!(
@@ -423,7 +518,17 @@ impl Task {
                     let mut msg = message_options.to_message(payload.clone().unwrap_or_default());
                     #[cfg(feature = "otel")]
                     span.in_scope(|| super::otel::inject(&mut msg.properties));
-                    let r = self.send(&topic, msg).instrument(span.clone()).await;
+                    let latency = self.series.publish_latency.get_or_init(|| {
+                        self.bs
+                            .metrics()
+                            .latency
+                            .with_label_values(&[topic, "publish"])
+                    });
+                    let r = self
+                        .bs
+                        .send_observed(topic, msg, self.spec.send_timeout_value(), latency)
+                        .instrument(span.clone())
+                        .await;
                     let r = match r {
                         Ok(id) => {
                             span.record("message_id", tracing::field::display(&id));
@@ -437,14 +542,15 @@ impl Task {
                             Err(k)
                         }
                     };
-                    let now = self.now();
-                    self.lock().machine.handle_publish_result(now, key, r);
+                    next = self.step(key, |m, now| {
+                        m.handle_publish_result(now, key, r);
+                    });
                 }
                 ProducerAction::PublishDlq { info, .. } => {
                     let dlq_topic = self.spec.dlq().unwrap_or_default().to_string();
                     let mut record = record_from(
                         &info,
-                        &topic,
+                        topic,
                         last_error.kind(),
                         last_error.message().to_string(),
                         self.bs.clock().epoch_wall_ms(),
@@ -475,10 +581,12 @@ impl Task {
                             Err(k)
                         }
                     };
-                    let now = self.now();
-                    self.lock().machine.handle_dlq_result(now, key, r);
+                    next = self.step(key, |m, now| {
+                        m.handle_dlq_result(now, key, r);
+                    });
                 }
                 ProducerAction::Complete { outcome, .. } => {
+                    guard.completed = true;
                     return match outcome {
                         ProducerOutcome::Sent { attempts } => Ok(Published {
                             value: value.expect("a publish follows a successful body"),
@@ -515,8 +623,40 @@ impl Task {
                     };
                 }
             }
-            self.route();
         }
+    }
+
+    /// Feeds the machine one input for call `key` at the current time, routes what it decided
+    /// and returns the call's own next action if one is ready: one lock for the lot.
+    fn step(
+        &self,
+        key: Key,
+        input: impl FnOnce(&mut ProducerMachine, Time),
+    ) -> Option<ProducerAction> {
+        let now = self.now();
+        let mut s = self.lock();
+        input(&mut s.machine, now);
+        self.route_locked(&mut s, now);
+        s.take(key)
+    }
+
+    /// Waits for the next action in `key`'s mailbox; `None` if the mailbox is closed.
+    fn wait_action(&self, key: Key) -> impl Future<Output = Option<ProducerAction>> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut s = self.lock();
+            let Some(m) = s.mailbox(key) else {
+                return Poll::Ready(None);
+            };
+            match m.actions.pop_front() {
+                Some(a) => Poll::Ready(Some(a)),
+                None => {
+                    if !m.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        m.waker = Some(cx.waker().clone());
+                    }
+                    Poll::Pending
+                }
+            }
+        })
     }
 
     fn failure<A>(
@@ -551,12 +691,17 @@ impl Task {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// [`route_locked`](Self::route_locked) under the task's lock.
+    fn route(&self, now: Time) -> Option<Time> {
+        let mut s = self.lock();
+        self.route_locked(&mut s, now)
+    }
+
     /// Delivers queued actions to their calls' mailboxes, records events, and returns the
     /// machine's next deadline. Actions for calls whose caller went away are answered with a
-    /// fatal error so the call completes and frees its slot.
-    fn route(&self) -> Option<Time> {
-        let mut s = self.lock();
-        let now = self.now();
+    /// fatal error so the call completes and frees its slot. `now` is the time of the input that
+    /// the machine last handled.
+    fn route_locked(&self, s: &mut Shared, now: Time) -> Option<Time> {
         loop {
             let mut progressed = false;
             while let Some(action) = s.machine.poll_action() {
@@ -570,12 +715,7 @@ impl Task {
                     | ProducerAction::PublishDlq { call, .. }
                     | ProducerAction::Complete { call, .. } => call,
                 };
-                let delivered = s
-                    .mailboxes
-                    .get(&key)
-                    .map(|tx| tx.send(action).is_ok())
-                    .unwrap_or(false);
-                if !delivered {
+                if !s.deliver(key, action) {
                     match action {
                         ProducerAction::RunBody { .. } => {
                             s.machine
@@ -603,9 +743,9 @@ impl Task {
                 break;
             }
         }
-        self.bs
-            .metrics()
-            .set_breaker_failures(&self.breaker_name, s.machine.breaker_failures());
+        self.series
+            .breaker_failures
+            .set(i64::from(s.machine.breaker_failures()));
         let deadline = s.machine.poll_timeout();
         self.kick(deadline);
         deadline
@@ -616,8 +756,15 @@ impl Task {
         let topic = self.spec.topic();
         match ev {
             ProducerEvent::Sent { latency, .. } => {
-                m.record_sent(topic);
-                m.observe_latency(topic, "send", latency.as_secs_f64());
+                let series = &self.series;
+                series
+                    .sent
+                    .get_or_init(|| m.sent.with_label_values(&[topic]))
+                    .inc();
+                series
+                    .send_latency
+                    .get_or_init(|| m.latency.with_label_values(&[topic, "send"]))
+                    .observe(latency.as_secs_f64());
             }
             ProducerEvent::Failed { kind, .. } => m.record_error(topic, *kind),
             ProducerEvent::RetryScheduled { next_attempt, .. } => {
@@ -640,19 +787,25 @@ impl Task {
 struct MailboxGuard<'a> {
     task: &'a Task,
     key: Key,
+    /// The call received its `Complete`: the machine is done with it already.
+    completed: bool,
 }
 
 impl Drop for MailboxGuard<'_> {
     /// A call whose caller went away (future dropped) is cancelled in the machine, so it frees
-    /// its slot and, if it held the half-open probe, the probe.
+    /// its slot and, if it held the half-open probe, the probe. A completed call only closes its
+    /// mailbox.
     fn drop(&mut self) {
+        if self.completed {
+            self.task.lock().close(self.key);
+            return;
+        }
         let now = self.task.now();
         let mut s = self.task.lock();
-        if s.mailboxes.remove(&self.key).is_some() {
+        if s.close(self.key) {
             s.machine.handle_cancelled(now, self.key);
         }
-        drop(s);
-        self.task.route();
+        self.task.route_locked(&mut s, now);
     }
 }
 
@@ -678,8 +831,9 @@ async fn drive(task: Task, wake: Arc<tokio::sync::Notify>) {
                 tokio::select! {
                     _ = tokio::time::sleep_until(task.bs.clock().instant(at)) => {
                         let now = task.now();
-                        task.lock().machine.handle_timeout(now);
-                        task.route();
+                        let mut s = task.lock();
+                        s.machine.handle_timeout(now);
+                        task.route_locked(&mut s, now);
                     }
                     _ = &mut kicked => {}
                 }
