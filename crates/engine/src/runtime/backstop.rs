@@ -38,7 +38,9 @@ pub(crate) struct Inner {
     consumers: std::sync::Mutex<Vec<ConsumerEntry>>,
     /// One producer per topic, shared by tasks, dead-letter and retry publishing; each cell
     /// is filled once at a time (concurrent first uses wait for one creation, never a storm).
-    producers: std::sync::Mutex<BTreeMap<String, ProducerCell>>,
+    /// Read-locked on the hot path (a topic's producer, once made), write-locked to add or
+    /// forget one.
+    producers: RwLock<BTreeMap<String, ProducerCell>>,
     /// Record topics (DLQ, parking) already given their durable subscription.
     /// Concurrent first records wait for the one creation under way.
     retained: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<()>>>>,
@@ -179,7 +181,7 @@ impl BackstopBuilder {
                 calls: tokio::sync::watch::Sender::new(0),
                 abort_calls: tokio::sync::watch::Sender::new(false),
                 consumers: std::sync::Mutex::new(Vec::new()),
-                producers: std::sync::Mutex::new(BTreeMap::new()),
+                producers: RwLock::new(BTreeMap::new()),
                 retained: std::sync::Mutex::new(BTreeMap::new()),
             }),
         })
@@ -232,13 +234,14 @@ impl Backstop {
     /// first uses wait for the one creation under way; a failed creation leaves the topic
     /// empty for the next use.
     pub async fn producer(&self, topic: &str) -> Result<Arc<dyn Producer>, BrokerError> {
-        let cell = {
-            let mut cache = self.producer_cache();
-            if let Some(p) = cache.get(topic).and_then(|c| c.get()) {
-                return Ok(p.clone());
-            }
-            cache.entry(topic.to_string()).or_default().clone()
-        };
+        if let Some(p) = self.cached_producer(topic) {
+            return Ok(p);
+        }
+        let cell = self
+            .producer_cache()
+            .entry(topic.to_string())
+            .or_default()
+            .clone();
         cell.get_or_try_init(|| async {
             tokio::time::timeout(
                 self.inner.producer_timeout,
@@ -254,6 +257,17 @@ impl Backstop {
         })
         .await
         .cloned()
+    }
+
+    /// `topic`'s producer if it is made already (a read lock, no wait for other sends).
+    fn cached_producer(&self, topic: &str) -> Option<Arc<dyn Producer>> {
+        self.inner
+            .producers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .and_then(|c| c.get())
+            .cloned()
     }
 
     /// Forgets a cached producer (after it failed), so the next use creates a fresh one.
@@ -308,8 +322,18 @@ impl Backstop {
         observe: impl FnOnce(f64),
     ) -> Result<MessageId, BrokerError> {
         let started = tokio::time::Instant::now();
-        let producer = self.producer(topic).await?;
-        let r = match tokio::time::timeout(timeout, producer.send(msg)).await {
+        // The send's deadline counts from when the producer is at hand: from `started` when it
+        // was cached (no second clock read), else from the end of its creation.
+        let (producer, deadline) = match self.cached_producer(topic) {
+            Some(p) => (p, started.checked_add(timeout)),
+            None => (self.producer(topic).await?, None),
+        };
+        let sent = producer.send(msg);
+        let r = match deadline {
+            Some(at) => tokio::time::timeout_at(at, sent).await,
+            None => tokio::time::timeout(timeout, sent).await,
+        };
+        let r = match r {
             Ok(r) => r,
             Err(_) => Err(BrokerError::timeout(format!(
                 "send to `{topic}` timed out after {timeout:?}"
@@ -338,10 +362,10 @@ impl Backstop {
         }
     }
 
-    fn producer_cache(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ProducerCell>> {
+    fn producer_cache(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ProducerCell>> {
         self.inner
             .producers
-            .lock()
+            .write()
             .unwrap_or_else(|e| e.into_inner())
     }
 
