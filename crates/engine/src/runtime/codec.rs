@@ -49,6 +49,15 @@ pub trait Decoder<T>: Send + Sync + 'static {
 pub trait Encoder<T>: Send + Sync + 'static {
     /// Encodes.
     fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError>;
+
+    /// Encodes into a buffer that starts with room for about `size_hint` bytes (a task passes
+    /// the size of its previous payload, so a codec that writes into a growing buffer need not
+    /// grow it step by step). The bytes must be those of [`encode`](Self::encode), which the
+    /// default calls.
+    fn encode_sized(&self, value: &T, size_hint: usize) -> Result<Vec<u8>, CodecError> {
+        let _ = size_hint;
+        self.encode(value)
+    }
 }
 
 /// JSON through `serde` (the default codec).
@@ -64,6 +73,14 @@ impl<T: DeserializeOwned> Decoder<T> for Json {
 impl<T: Serialize> Encoder<T> for Json {
     fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError> {
         serde_json::to_vec(value).map_err(|e| CodecError::new("json", e))
+    }
+
+    fn encode_sized(&self, value: &T, size_hint: usize) -> Result<Vec<u8>, CodecError> {
+        // `to_vec` starts at 128 bytes; capped so one huge payload does not make every later
+        // one reserve as much.
+        let mut buf = Vec::with_capacity(size_hint.clamp(128, 1 << 20));
+        serde_json::to_writer(&mut buf, value).map_err(|e| CodecError::new("json", e))?;
+        Ok(buf)
     }
 }
 

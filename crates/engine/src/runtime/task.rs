@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -180,6 +181,8 @@ struct Series {
     sent: OnceLock<IntCounter>,
     send_latency: OnceLock<Histogram>,
     publish_latency: OnceLock<Histogram>,
+    /// The size of the last payload encoded (a capacity hint for the next).
+    payload_size: AtomicUsize,
 }
 
 /// A producer task: a topic, its retry/DLQ settings and its own circuit breaker. Clone-cheap.
@@ -258,6 +261,7 @@ impl Task {
             sent: OnceLock::new(),
             send_latency: OnceLock::new(),
             publish_latency: OnceLock::new(),
+            payload_size: AtomicUsize::new(0),
         });
         Ok(Task {
             bs: bs.clone(),
@@ -479,20 +483,24 @@ impl Task {
                     };
                     let r = r.map_err(|e| e.reclassified(classifier.as_ref().map(|c| c.get())));
                     let r = match r {
-                        Ok(v) => match codec.encode(&v) {
-                            Ok(bytes) => {
-                                message_options = options(&args, &v);
-                                payload = Some(bytes);
-                                value = Some(v);
-                                Ok(())
+                        Ok(v) => {
+                            match codec.encode_sized(&v, self.series.payload_size.load(Relaxed)) {
+                                Ok(bytes) => {
+                                    // exact for a task whose payloads keep their size
+                                    self.series.payload_size.store(bytes.len(), Relaxed);
+                                    message_options = options(&args, &v);
+                                    payload = Some(bytes);
+                                    value = Some(v);
+                                    Ok(())
+                                }
+                                Err(e) => {
+                                    let text = format!("encoding the result failed: {e}");
+                                    encode_error = Some(text.clone());
+                                    last_error = HandlerError::new(ErrorKind::Invalid, text);
+                                    Err(ErrorKind::Invalid)
+                                }
                             }
-                            Err(e) => {
-                                let text = format!("encoding the result failed: {e}");
-                                encode_error = Some(text.clone());
-                                last_error = HandlerError::new(ErrorKind::Invalid, text);
-                                Err(ErrorKind::Invalid)
-                            }
-                        },
+                        }
                         Err(e) => {
                             let k = e.kind();
                             last_error = e;
