@@ -298,35 +298,41 @@ impl Backstop {
             self.metrics().observe_latency(topic, "publish", secs)
         })
         .await
+        .0
     }
 
     /// [`send`](Self::send) observing the latency in `latency`, the caller's handle on
-    /// `topic`'s `publish` series (looked up once instead of by label on each send).
+    /// `topic`'s `publish` series (looked up once instead of by label on each send); a
+    /// confirmed send also returns when it was confirmed (the clock read its latency took).
     pub(crate) async fn send_observed(
         &self,
         topic: &str,
         msg: OutgoingMessage,
         timeout: Duration,
         latency: &prometheus::Histogram,
-    ) -> Result<MessageId, BrokerError> {
+    ) -> (Result<MessageId, BrokerError>, Option<tokio::time::Instant>) {
         self.send_then(topic, msg, timeout, |secs| latency.observe(secs))
             .await
     }
 
-    /// [`send`](Self::send), handing a confirmed send's latency (seconds) to `observe`.
+    /// [`send`](Self::send), handing a confirmed send's latency (seconds) to `observe` and
+    /// returning when it was confirmed.
     async fn send_then(
         &self,
         topic: &str,
         msg: OutgoingMessage,
         timeout: Duration,
         observe: impl FnOnce(f64),
-    ) -> Result<MessageId, BrokerError> {
+    ) -> (Result<MessageId, BrokerError>, Option<tokio::time::Instant>) {
         let started = tokio::time::Instant::now();
         // The send's deadline counts from when the producer is at hand: from `started` when it
         // was cached (no second clock read), else from the end of its creation.
         let (producer, deadline) = match self.cached_producer(topic) {
             Some(p) => (p, started.checked_add(timeout)),
-            None => (self.producer(topic).await?, None),
+            None => match self.producer(topic).await {
+                Ok(p) => (p, None),
+                Err(e) => return (Err(e), None),
+            },
         };
         let sent = producer.send(msg);
         let r = match deadline {
@@ -344,9 +350,13 @@ impl Backstop {
                 self.drop_producer_if(topic, &producer);
             }
             Err(_) => {}
-            Ok(_) => observe(started.elapsed().as_secs_f64()),
+            Ok(_) => {
+                let confirmed = tokio::time::Instant::now();
+                observe(confirmed.saturating_duration_since(started).as_secs_f64());
+                return (r, Some(confirmed));
+            }
         }
-        r
+        (r, None)
     }
 
     /// Forgets the cached producer of `topic` only if it is still `failed`: many sends that

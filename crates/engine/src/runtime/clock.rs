@@ -31,7 +31,12 @@ impl Clock {
 
     /// Now, as core time.
     pub fn now(&self) -> Time {
-        let d = tokio::time::Instant::now().saturating_duration_since(self.epoch);
+        self.time_of(tokio::time::Instant::now())
+    }
+
+    /// A tokio instant (read from tokio's clock already) as core time.
+    pub(crate) fn time_of(&self, at: tokio::time::Instant) -> Time {
+        let d = at.saturating_duration_since(self.epoch);
         Time::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 

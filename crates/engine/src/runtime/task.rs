@@ -532,11 +532,15 @@ impl Task {
                             .latency
                             .with_label_values(&[topic, "publish"])
                     });
-                    let r = self
-                        .bs
-                        .send_observed(topic, msg, self.spec.send_timeout_value(), latency)
-                        .instrument(span.clone())
-                        .await;
+                    let send =
+                        self.bs
+                            .send_observed(topic, msg, self.spec.send_timeout_value(), latency);
+                    // A disabled span (no subscriber wants it) is not entered on every poll.
+                    let (r, confirmed) = if span.is_disabled() {
+                        send.await
+                    } else {
+                        send.instrument(span.clone()).await
+                    };
                     let r = match r {
                         Ok(id) => {
                             span.record("message_id", tracing::field::display(&id));
@@ -550,7 +554,11 @@ impl Task {
                             Err(k)
                         }
                     };
-                    next = self.step(key, |m, now| {
+                    let now = match confirmed {
+                        Some(at) => self.bs.clock().time_of(at),
+                        None => self.now(),
+                    };
+                    next = self.step_at(now, key, |m, now| {
                         m.handle_publish_result(now, key, r);
                     });
                 }
@@ -641,7 +649,16 @@ impl Task {
         key: Key,
         input: impl FnOnce(&mut ProducerMachine, Time),
     ) -> Option<ProducerAction> {
-        let now = self.now();
+        self.step_at(self.now(), key, input)
+    }
+
+    /// [`step`](Self::step) at `now`, read from the clock already.
+    fn step_at(
+        &self,
+        now: Time,
+        key: Key,
+        input: impl FnOnce(&mut ProducerMachine, Time),
+    ) -> Option<ProducerAction> {
         let mut s = self.lock();
         input(&mut s.machine, now);
         self.route_locked(&mut s, now);
