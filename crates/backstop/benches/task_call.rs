@@ -6,7 +6,8 @@
 //! Run: `cargo bench -p backstop --bench task_call` (env `TASK_CALL_MESSAGES` per round,
 //! default 200,000; `TASK_CALL_ROUNDS`, 5; `TASK_CALL_WINDOW`, tasks calling at once, 1000;
 //! `TASK_CALL_SIZE`, JSON payload bytes, 1024). Prints CPU µs/msg and msg/s for both, and the
-//! ratios measured in the same run.
+//! ratios measured in the same run; records them for `scripts/bench` when `BACKSTOP_BENCH_JSON`
+//! is set.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -137,4 +138,10 @@ fn main() {
         c1 / c0,
         r1 / r0
     );
+    // for scripts/bench (no-op unless BACKSTOP_BENCH_JSON is set)
+    let metric = format!("produce, window {window}");
+    for (who, c, r) in [("broker-mem producer alone", c0, r0), ("backstop", c1, r1)] {
+        backstop_bench_report::record("in-memory", &format!("{metric} CPU"), who, "µs/msg", c);
+        backstop_bench_report::record("in-memory", &metric, who, "msg/s", r);
+    }
 }

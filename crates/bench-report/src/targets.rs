@@ -128,6 +128,20 @@ const TARGETS: &[Target] = &[
         figure: Figure::Value("consumer RSS max"),
         bound: Bound::AtMost(64.0),
     },
+    Target {
+        what: "produce client CPU per message ≤ 1.1× the bare pulsar crate",
+        suite: "pulsar",
+        metric: Metric::Exact("produce CPU"),
+        figure: Figure::Ratio("bare pulsar crate"),
+        bound: Bound::AtMost(1.1),
+    },
+    Target {
+        what: "consume (unbatched topic) client CPU per message ≤ 1.1× the bare pulsar crate",
+        suite: "pulsar",
+        metric: Metric::Exact("consume unbatched CPU"),
+        figure: Figure::Ratio("bare pulsar crate"),
+        bound: Bound::AtMost(1.1),
+    },
 ];
 
 /// `<n> message backlog` → n.
@@ -394,6 +408,8 @@ mod tests {
         assert_eq!(v[6], (Some(false), "not met".to_string()), "in-memory");
         assert_eq!(v[7].0, None, "RSS at a smaller backlog: {}", v[7].1);
         assert!(v[7].1.contains("200000") && v[7].1.contains("within the bound"));
+        assert_eq!(v[8].0, None, "produce CPU not in this run");
+        assert_eq!(v[9].0, None, "consume CPU not in this run");
 
         // the figures are the per-round ratios and differences
         let (s, unit) = rows[1].reached.clone().unwrap();
