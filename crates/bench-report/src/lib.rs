@@ -112,11 +112,19 @@ pub fn current_round() -> u32 {
 
 /// Appends a figure of the current round to the results file named by `BACKSTOP_BENCH_JSON`;
 /// does nothing when it is unset. A benchmark that cannot write its result fails loudly
-/// (panics), since a silently missing figure would make the report lie.
+/// (panics), since a silently missing figure would make the report lie. A non-finite value (a
+/// measurement that failed) is said on stderr and left out: its round then counts one figure
+/// fewer, which the report's rounds column shows.
 pub fn record(suite: &str, metric: &str, contender: &str, unit: &str, value: f64) {
     let Some(path) = std::env::var_os(RESULTS_ENV) else {
         return;
     };
+    if !value.is_finite() {
+        // A measurement that failed (e.g. pulsar-perf ran out of memory) is left out: the
+        // report then shows one round fewer for it, never a made-up figure.
+        eprintln!("bench-report: {suite}/{metric}/{contender}: no figure ({value}), not recorded");
+        return;
+    }
     let sample = Sample::new(suite, metric, contender, unit, current_round(), value);
     append(Path::new(&path), &[sample]).unwrap_or_else(|e| panic!("recording a result: {e}"));
 }

@@ -556,11 +556,12 @@ fn perf_produce(cfg: &Config, extra: &[&str]) -> Res<(f64, String)> {
     args.push(&topic);
     let out = Command::new(&script)
         .args(&args)
-        // the script's default heap (512 MB) ran out with batching on a slow (loaded) broker
+        // the script's default heap (512 MB), and later 1 GB, ran out with batching and no limit on
+        // outstanding messages when the broker reset the connection
         .env(
             "PULSAR_PERF_MEM",
             std::env::var("PULSAR_PERF_MEM")
-                .unwrap_or_else(|_| "-Xms256m -Xmx1g -XX:MaxDirectMemorySize=512m".to_string()),
+                .unwrap_or_else(|_| "-Xms256m -Xmx2g -XX:MaxDirectMemorySize=1g".to_string()),
         )
         .env("PULSAR_BROKER_PORT", port(&cfg.url)?)
         .env("PULSAR_WEB_PORT", port(&cfg.admin)?)
