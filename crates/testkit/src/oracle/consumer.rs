@@ -472,45 +472,7 @@ impl ConsumerOracle {
         result: Result<(), ErrorKind>,
         accepted: bool,
     ) -> Result<(), Violation> {
-        self.begin(now);
-        let Some(m) = self
-            .live
-            .get_mut(&key)
-            .filter(|m| m.phase == Phase::DlqPending)
-        else {
-            if accepted {
-                return Err(self.err(
-                    Rule::InputMishandled,
-                    Some(key),
-                    "the machine accepted a DLQ result for a message not waiting on the DLQ",
-                ));
-            }
-            return Ok(());
-        };
-        m.phase = Phase::Idle;
-        match result {
-            Ok(()) => {
-                m.dlq_confirmed = true;
-                m.expect = Expect::Ack;
-                m.why = "its DLQ publish was confirmed";
-                self.stats.dlq_confirmed += 1;
-            }
-            Err(kind) => {
-                m.expect = Expect::Nack(NackReason::DeadLetterFailed);
-                m.why = "its DLQ publish failed";
-                if accepted {
-                    self.breaker.record_failed(now, kind);
-                }
-            }
-        }
-        if !accepted {
-            return Err(self.err(
-                Rule::InputMishandled,
-                Some(key),
-                "the machine ignored the result of a pending DLQ publish",
-            ));
-        }
-        Ok(())
+        self.publish_result(now, key, result, accepted, Publish::Dlq)
     }
 
     /// Input: the retry-topic publish of `key` finished; `accepted` is what
@@ -522,43 +484,59 @@ impl ConsumerOracle {
         result: Result<(), ErrorKind>,
         accepted: bool,
     ) -> Result<(), Violation> {
+        self.publish_result(now, key, result, accepted, Publish::Retry)
+    }
+
+    /// The rules both publishes a message can wait on share: only a message waiting on that
+    /// publish takes its result; confirmed, it must be acked; failed, nacked, and the failure
+    /// counts for the breaker.
+    fn publish_result(
+        &mut self,
+        now: Time,
+        key: Key,
+        result: Result<(), ErrorKind>,
+        accepted: bool,
+        which: Publish,
+    ) -> Result<(), Violation> {
         self.begin(now);
-        let Some(m) = self
-            .live
-            .get_mut(&key)
-            .filter(|m| m.phase == Phase::RetryPending)
-        else {
+        let Some(m) = self.live.get_mut(&key).filter(|m| m.phase == which.phase()) else {
             if accepted {
-                return Err(self.err(
-                    Rule::InputMishandled,
-                    Some(key),
-                    "the machine accepted a retry result for a message not waiting on one",
-                ));
+                return Err(self.err(Rule::InputMishandled, Some(key), which.not_waiting()));
             }
             return Ok(());
         };
         m.phase = Phase::Idle;
-        match result {
-            Ok(()) => {
+        match (result, which) {
+            (Ok(()), Publish::Dlq) => {
+                m.dlq_confirmed = true;
+                m.expect = Expect::Ack;
+                m.why = "its DLQ publish was confirmed";
+                self.stats.dlq_confirmed += 1;
+            }
+            (Ok(()), Publish::Retry) => {
                 m.retry_confirmed = true;
-                self.stats.retry_copies += 1;
                 m.expect = Expect::Ack;
                 m.why = "its retry-topic copy was confirmed";
+                self.stats.retry_copies += 1;
             }
-            Err(kind) => {
-                m.expect = Expect::Nack(NackReason::RetryFailed);
-                m.why = "its retry-topic publish failed";
+            (Err(kind), _) => {
+                (m.expect, m.why) = match which {
+                    Publish::Dlq => (
+                        Expect::Nack(NackReason::DeadLetterFailed),
+                        "its DLQ publish failed",
+                    ),
+                    Publish::Retry => (
+                        Expect::Nack(NackReason::RetryFailed),
+                        "its retry-topic publish failed",
+                    ),
+                };
                 if accepted {
                     self.breaker.record_failed(now, kind);
                 }
             }
         }
         if !accepted {
-            return Err(self.err(
-                Rule::InputMishandled,
-                Some(key),
-                "the machine ignored the result of a pending retry publish",
-            ));
+            return Err(self.err(Rule::InputMishandled, Some(key), which.ignored()));
         }
         Ok(())
     }
@@ -1205,5 +1183,41 @@ impl ConsumerOracle {
             return Err(self.err(Rule::NotSettled, None, "shut down without a Drained event"));
         }
         Ok(())
+    }
+}
+
+/// A publish a message can wait on before it is settled.
+#[derive(Clone, Copy)]
+enum Publish {
+    /// Its dead-letter (or parking) record.
+    Dlq,
+    /// Its retry-topic copy.
+    Retry,
+}
+
+impl Publish {
+    fn phase(self) -> Phase {
+        match self {
+            Publish::Dlq => Phase::DlqPending,
+            Publish::Retry => Phase::RetryPending,
+        }
+    }
+
+    fn not_waiting(self) -> &'static str {
+        match self {
+            Publish::Dlq => {
+                "the machine accepted a DLQ result for a message not waiting on the DLQ"
+            }
+            Publish::Retry => {
+                "the machine accepted a retry result for a message not waiting on one"
+            }
+        }
+    }
+
+    fn ignored(self) -> &'static str {
+        match self {
+            Publish::Dlq => "the machine ignored the result of a pending DLQ publish",
+            Publish::Retry => "the machine ignored the result of a pending retry publish",
+        }
     }
 }
