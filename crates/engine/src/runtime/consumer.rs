@@ -1106,13 +1106,12 @@ const RECEIVE_BACKOFF: Duration = Duration::from_millis(100);
 /// behind an empty retry topic. Which subscription is asked first alternates, so neither
 /// starves the other.
 async fn receive_loop(
-    sources: Vec<Source>,
+    mut sources: Vec<Source>,
     credit: Arc<Semaphore>,
     tx: mpsc::Sender<(ReceivedMessage, bool)>,
     stop: watch::Receiver<bool>,
     bs: Backstop,
 ) {
-    let mut sources = sources;
     let mut flip = false;
     // One wait for the stop signal for the whole loop, not a fresh one per receive.
     let stopped = async move {
