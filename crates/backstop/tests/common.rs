@@ -29,3 +29,15 @@ pub async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+
+/// Waits (in paused time) until `cond` holds, up to `limit` of simulated time.
+pub async fn until(limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

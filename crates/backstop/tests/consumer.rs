@@ -27,18 +27,6 @@ async fn publish(mem: &backstop_mem::MemBroker, topic: &str, ns: impl IntoIterat
     }
 }
 
-/// Waits (in paused time) until `cond` holds, up to `limit` of simulated time.
-async fn until(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn retries_max_retries_plus_one_times_then_dead_letters_and_acks_after_confirmation() {
     let (bs, mem) = common::context();
@@ -58,7 +46,7 @@ async fn retries_max_retries_plus_one_times_then_dead_letters_and_acks_after_con
         .await
         .unwrap();
     publish(&mem, "in", [1]).await;
-    until(Duration::from_secs(60), || {
+    common::until(Duration::from_secs(60), || {
         mem.topic_payloads("in_dlq").len() == 1
     })
     .await;
@@ -306,7 +294,7 @@ async fn poison_goes_straight_to_the_dlq_with_reason_decode() {
         .send(OutgoingMessage::new(b"{not json".to_vec()))
         .await
         .unwrap();
-    until(Duration::from_secs(5), || {
+    common::until(Duration::from_secs(5), || {
         mem.topic_payloads("in_dlq").len() == 1
     })
     .await;
@@ -345,7 +333,7 @@ async fn never_more_than_max_parallelism_handlers_in_flight() {
         .await
         .unwrap();
     publish(&mem, "in", 0..50).await;
-    until(Duration::from_secs(60), || {
+    common::until(Duration::from_secs(60), || {
         done.load(Ordering::SeqCst) == 50
     })
     .await;
@@ -387,10 +375,10 @@ async fn a_panicking_handler_is_a_failed_attempt_and_the_consumer_keeps_running(
         .await
         .unwrap();
     publish(&mem, "in", [1, 2, 3]).await;
-    until(Duration::from_secs(10), || seen.lock().unwrap().len() == 4).await;
+    common::until(Duration::from_secs(10), || seen.lock().unwrap().len() == 4).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     publish(&mem, "in", [4]).await;
-    until(Duration::from_secs(10), || {
+    common::until(Duration::from_secs(10), || {
         seen.lock().unwrap().contains(&4)
     })
     .await;
@@ -432,7 +420,7 @@ async fn breaker_opens_after_five_connection_failures_pauses_then_probes_once_af
         .unwrap();
     let start = Instant::now();
     publish(&mem, "in", 0..10).await;
-    until(Duration::from_secs(5), || calls.lock().unwrap().len() >= 5).await;
+    common::until(Duration::from_secs(5), || calls.lock().unwrap().len() >= 5).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let text = bs.metrics().render();
     assert!(
@@ -472,7 +460,7 @@ async fn breaker_opens_after_five_connection_failures_pauses_then_probes_once_af
         at_open + 1,
         "nothing else while the probe runs"
     );
-    until(Duration::from_secs(30), || {
+    common::until(Duration::from_secs(30), || {
         calls.lock().unwrap().len() >= at_open + 10
     })
     .await;
@@ -552,7 +540,7 @@ async fn a_transiently_failing_ack_is_retried_until_the_broker_has_it() {
     mem.faults()
         .fail_next(backstop_mem::Op::Ack, 2, backstop::ErrorKind::Connection);
     publish(&mem, "in", [1]).await;
-    until(Duration::from_secs(5), || {
+    common::until(Duration::from_secs(5), || {
         mem.subscription_stats("in", "svc")
             .is_some_and(|s| s.acked == 1)
     })
@@ -778,7 +766,7 @@ async fn with_one_credit_the_retry_topic_and_the_main_topic_both_flow() {
     for round in 0..3 {
         publish(&mem, "in", [round]).await;
         let r3 = runs.clone();
-        until(Duration::from_secs(30), move || {
+        common::until(Duration::from_secs(30), move || {
             r3.lock().unwrap().contains(&(round, 2))
         })
         .await;
@@ -988,7 +976,7 @@ async fn dlq_publishes_failing_with_connection_open_the_breaker_and_nothing_is_l
             })
             .map(str::to_owned)
     };
-    until(Duration::from_secs(20), || {
+    common::until(Duration::from_secs(20), || {
         state(&bs).as_deref() == Some("2")
     })
     .await;
@@ -1013,7 +1001,7 @@ async fn dlq_publishes_failing_with_connection_open_the_breaker_and_nothing_is_l
     // The broker takes records again: after the recovery timeout every message is
     // dead-lettered, none lost, and no handler ran again.
     mem.faults().heal();
-    until(Duration::from_secs(120), || {
+    common::until(Duration::from_secs(120), || {
         mem.topic_messages("in_dlq").len() >= 5
     })
     .await;

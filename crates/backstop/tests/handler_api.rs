@@ -25,17 +25,6 @@ pub struct UserUpdate {
     pub user_id: i64,
 }
 
-async fn until(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn dlq_records(mem: &backstop_mem::MemBroker, topic: &str) -> Vec<DeadLetterRecord> {
     mem.topic_payloads(topic)
         .iter()
@@ -112,7 +101,7 @@ async fn a_handler_sees_its_delivery_and_the_attempt_number() {
         })
         .await
         .unwrap();
-    until(Duration::from_secs(10), || seen.lock().unwrap().len() == 2).await;
+    common::until(Duration::from_secs(10), || seen.lock().unwrap().len() == 2).await;
     let seen = seen.lock().unwrap().clone();
     let (first, second) = (&seen[0], &seen[1]);
     assert_eq!(first.user_id, 7);
@@ -164,7 +153,7 @@ async fn redelivery_count_comes_from_the_broker() {
         .unwrap();
     let p = mem.producer("rd").await.unwrap();
     p.send(OutgoingMessage::new(b"{}".to_vec())).await.unwrap();
-    until(Duration::from_secs(30), || seen.lock().unwrap().len() == 1).await;
+    common::until(Duration::from_secs(30), || seen.lock().unwrap().len() == 1).await;
     let report = first.shutdown().await;
     assert_eq!(report.nacked, 1, "{report:?}");
     let s3 = seen.clone();
@@ -175,7 +164,7 @@ async fn redelivery_count_comes_from_the_broker() {
         })
         .await
         .unwrap();
-    until(Duration::from_secs(30), || seen.lock().unwrap().len() == 2).await;
+    common::until(Duration::from_secs(30), || seen.lock().unwrap().len() == 2).await;
     // The redelivery is charged as one earlier run: attempt 2 of the message's one budget.
     assert_eq!(*seen.lock().unwrap(), vec![(0, 1), (1, 2)]);
     second.shutdown().await;
@@ -226,7 +215,7 @@ async fn macro_state_and_question_mark_classify_io_errors() {
         .unwrap();
         p.send(OutgoingMessage::new(body)).await.unwrap();
     }
-    until(Duration::from_secs(10), || {
+    common::until(Duration::from_secs(10), || {
         db.saved.lock().unwrap().len() == 1 && mem.topic_payloads("state_dlq").len() == 1
     })
     .await;
@@ -267,7 +256,7 @@ async fn a_spec_classifier_decides_the_kind_of_a_user_error() {
         .unwrap();
     let p = mem.producer("cls").await.unwrap();
     p.send(OutgoingMessage::new(b"{}".to_vec())).await.unwrap();
-    until(Duration::from_secs(30), || {
+    common::until(Duration::from_secs(30), || {
         mem.topic_payloads("cls_dlq").len() == 1
     })
     .await;
@@ -316,7 +305,7 @@ async fn a_hung_handler_is_cancelled_and_frees_its_slot() {
     p.send(OutgoingMessage::new(br#"{"n":2}"#.to_vec()))
         .await
         .unwrap();
-    until(Duration::from_secs(10), || {
+    common::until(Duration::from_secs(10), || {
         handled.lock().unwrap().len() == 1
     })
     .await;
@@ -327,7 +316,7 @@ async fn a_hung_handler_is_cancelled_and_frees_its_slot() {
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
         "the second message ran once the hung one was cancelled at 2 s, not later: {waited:?}"
     );
-    until(Duration::from_secs(10), || {
+    common::until(Duration::from_secs(10), || {
         mem.topic_payloads("hang_dlq").len() == 1
     })
     .await;
@@ -465,7 +454,7 @@ async fn codecs_round_trip_and_undecodable_payloads_are_poison() {
     p.send(OutgoingMessage::new(vec![0xff, 0xfe]))
         .await
         .unwrap();
-    until(Duration::from_secs(10), || {
+    common::until(Duration::from_secs(10), || {
         protos.lock().unwrap().len() == 1
             && bytes_got.lock().unwrap().len() == 1
             && texts.lock().unwrap().len() == 1
@@ -527,7 +516,7 @@ async fn builder_codecs_round_trip() {
         .await
         .unwrap();
     assert_eq!(sent.value, "k1");
-    until(Duration::from_secs(5), || got.lock().unwrap().len() == 1).await;
+    common::until(Duration::from_secs(5), || got.lock().unwrap().len() == 1).await;
     assert_eq!(got.lock().unwrap()[0], vec![1, 2, 3]);
     handle.shutdown().await;
 }
@@ -566,7 +555,7 @@ async fn keyed_publishing_keeps_per_key_order_on_key_shared() {
             keyed_update::call_with(&bs, user, seq).await.unwrap();
         }
     }
-    until(Duration::from_secs(10), || seen.lock().unwrap().len() == 40).await;
+    common::until(Duration::from_secs(10), || seen.lock().unwrap().len() == 40).await;
     let seen = seen.lock().unwrap().clone();
     for user in [1_i64, 2, 3, 4] {
         let of_user: Vec<_> = seen.iter().filter(|s| s.2 == user).collect();
@@ -612,7 +601,7 @@ async fn shutdown_drains_consumers_and_hands_back_unfinished_task_calls() {
     let p = mem.producer("drain").await.unwrap();
     p.send(OutgoingMessage::new(b"{}".to_vec())).await.unwrap();
     p.send(OutgoingMessage::new(b"{}".to_vec())).await.unwrap();
-    until(Duration::from_secs(1), || {
+    common::until(Duration::from_secs(1), || {
         mem.unacked_count("drain", "svc") == 2
     })
     .await;

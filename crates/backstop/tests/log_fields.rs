@@ -11,18 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backstop::{ConsumerSpec, MessageOptions, Task, TaskError, TaskSpec};
-use tokio::time::Instant;
-
-async fn until(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Captures formatted log output (the test runtime is single-threaded, so a thread-local
 /// subscriber sees the spawned handler tasks too).
@@ -68,7 +56,7 @@ async fn the_users_log_lines_carry_topic_subscription_message_id_key_and_attempt
     .await
     .unwrap();
     let text = || String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
-    until(Duration::from_secs(5), || {
+    common::until(Duration::from_secs(5), || {
         text().contains("user handler line")
     })
     .await;
