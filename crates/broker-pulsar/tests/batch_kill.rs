@@ -29,21 +29,7 @@ const OURS: usize = 3000;
 const PYTHON: usize = 300;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Ok(arg) = std::env::var(CHILD_ENV) {
-        rt.block_on(child(arg));
-        return;
-    }
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(300), parent())
-            .await
-            .expect("the kill -9 test did not finish within 300 s");
-    });
-    say("batch_kill: ok");
+    parent_or_child("batch_kill", CHILD_ENV, child, parent);
 }
 
 fn spec(topic: &str) -> SubscriptionSpec {

@@ -31,21 +31,7 @@ const N: u32 = 40;
 const MAX_RETRIES: u32 = 3;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    if let Ok(topic) = std::env::var(CHILD_ENV) {
-        rt.block_on(child(topic));
-        return;
-    }
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(300), parent())
-            .await
-            .expect("the retry kill -9 test did not finish within 300 s");
-    });
-    say("retry_kill: ok");
+    parent_or_child("retry_kill", CHILD_ENV, child, parent);
 }
 
 fn spec(topic: &str) -> ConsumerSpec {

@@ -208,3 +208,32 @@ pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `main` of a test binary that kills a copy of itself: run as the child (the environment
+/// variable `child_env` is set, its value handed to `child`) or as the parent, which must finish
+/// within 300 s. Both on a 2-worker runtime.
+pub fn parent_or_child<C, P>(
+    name: &str,
+    child_env: &str,
+    child: impl FnOnce(String) -> C,
+    parent: impl FnOnce() -> P,
+) where
+    C: std::future::Future<Output = ()>,
+    P: std::future::Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Ok(arg) = std::env::var(child_env) {
+        rt.block_on(child(arg));
+        return;
+    }
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(300), parent())
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not finish within 300 s"));
+    });
+    say(&format!("{name}: ok"));
+}
